@@ -1,0 +1,172 @@
+//! The `connectd` command line (SPEC §11). Exit codes: 0 ok, 1 runtime failure, 2 bad usage or
+//! configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use connector_core::Registry;
+
+use crate::config::{schema, Config};
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code for a failure at run time.
+pub const EXIT_RUNTIME: u8 = 1;
+/// Exit code for bad usage or a bad configuration.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Kafka Connect-style pipelines from one YAML file.
+#[derive(Debug, Parser)]
+#[command(name = "connectd", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every enabled connector of the configuration until SIGINT/SIGTERM.
+    Run {
+        /// Configuration file.
+        #[arg(
+            short,
+            long,
+            default_value = "connectors.yaml",
+            env = "CONNECTD_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Check a configuration file and report every problem (exit 0 when valid, 2 otherwise).
+    Validate {
+        /// Configuration file.
+        #[arg(
+            short,
+            long,
+            default_value = "connectors.yaml",
+            env = "CONNECTD_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Print the JSON Schema of the configuration file, with every registered plugin.
+    Schema,
+    /// List the registered connector types.
+    Plugins,
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CONNECTD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Parses the process arguments and runs the command with `registry`. The entry point of the
+/// stock binary and of custom builds.
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    init_tracing(cli.log_format);
+    ExitCode::from(run_command(cli.command, registry))
+}
+
+/// Runs one command; returns the exit code.
+pub fn run_command(command: Command, registry: Registry) -> u8 {
+    match command {
+        Command::Validate { config } => match Config::load(&config, &registry) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} connector{})",
+                    config.display(),
+                    c.connectors.len(),
+                    if c.connectors.len() == 1 { "" } else { "s" }
+                );
+                EXIT_OK
+            }
+            Err(errors) => {
+                eprint!("{}: {errors}", config.display());
+                EXIT_USAGE
+            }
+        },
+        Command::Schema => {
+            let s = schema::file_schema(&registry);
+            match serde_json::to_string_pretty(&s) {
+                Ok(text) => {
+                    println!("{text}");
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_RUNTIME
+                }
+            }
+        }
+        Command::Plugins => {
+            let width = registry
+                .plugins()
+                .map(|p| p.type_name().len())
+                .max()
+                .unwrap_or(4);
+            for p in registry.plugins() {
+                println!(
+                    "{:<width$}  {:<9}  {}",
+                    p.type_name(),
+                    p.kind().as_str(),
+                    p.description()
+                );
+            }
+            EXIT_OK
+        }
+        Command::Run { config } => {
+            let cfg = match Config::load(&config, &registry) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{}: {errors}", config.display());
+                    return EXIT_USAGE;
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return EXIT_RUNTIME;
+                }
+            };
+            match rt.block_on(crate::runtime::run(cfg, registry)) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "connectd stopped with an error");
+                    EXIT_RUNTIME
+                }
+            }
+        }
+    }
+}

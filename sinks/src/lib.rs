@@ -1,0 +1,14 @@
+//! Built-in connectd sinks, one folder each:
+//!
+//! * [`file`] — `file_sink`: JSON lines in a local file, fsynced per batch, idempotent under
+//!   redelivery.
+#![warn(missing_docs)]
+
+pub mod file;
+
+use connector_core::Registry;
+
+/// Adds every built-in sink to `registry`.
+pub fn register_all(registry: &mut Registry) -> &mut Registry {
+    registry.register_sink::<file::FileSinkPlugin>()
+}
