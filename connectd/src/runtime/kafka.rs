@@ -1,0 +1,300 @@
+//! Kafka I/O: client settings, topic creation, the shared idempotent producer and conversion
+//! between rdkafka messages and [`Record`]s. The only module (with `runner`) that sees rdkafka.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use connector_core::{Bytes, EmitError, Emitter, Output, Record};
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::ClientConfig;
+
+use crate::config::{Config, KafkaSettings};
+
+/// A problem talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaIoError {
+    /// A client could not be created (bad property, unknown setting).
+    #[error("cannot create Kafka client: {0}")]
+    Client(#[source] KafkaError),
+    /// Topic creation failed.
+    #[error("cannot create topic {topic}: {message}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// Broker's answer.
+        message: String,
+    },
+}
+
+/// Client settings common to every client: brokers, then `kafka.properties`.
+pub fn base_config(k: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    c.set("client.id", "connectd");
+    for (key, v) in &k.properties {
+        c.set(key, v.to_string());
+    }
+    c
+}
+
+/// Consumer settings: commit-after-delivery defaults, then `kafka.consumer` overrides.
+pub fn consumer_config(k: &KafkaSettings, group: &str, start_earliest: bool) -> ClientConfig {
+    let mut c = base_config(k);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            if start_earliest { "earliest" } else { "latest" },
+        )
+        // Quick joins on Tansu and small clusters; Kafka's default 45 s delays failover.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "300000")
+        // Bounded read-ahead per partition (memory stays bounded under backlog).
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.max.bytes", "16777216")
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set("statistics.interval.ms", "5000");
+    for (key, v) in &k.consumer {
+        c.set(key, v.to_string());
+    }
+    c
+}
+
+/// Producer settings: idempotent, `acks=all`, small linger for batching, then overrides.
+pub fn producer_config(k: &KafkaSettings) -> ClientConfig {
+    let mut c = base_config(k);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("message.timeout.ms", "30000");
+    for (key, v) in &k.producer {
+        c.set(key, v.to_string());
+    }
+    c
+}
+
+/// Creates missing topics: those declared under `topics:` and every topic a connector uses.
+pub async fn ensure_topics(config: &Config) -> Result<(), KafkaIoError> {
+    let k = &config.global.kafka;
+    let mut wanted: BTreeMap<String, (i32, i32)> = BTreeMap::new();
+    for c in config.connectors.iter().filter(|c| c.enabled) {
+        for t in c.topics() {
+            wanted.insert(t, (k.default_partitions, k.replication_factor));
+        }
+    }
+    for t in &config.global.topics {
+        wanted.insert(
+            t.name.clone(),
+            (
+                t.partitions.unwrap_or(k.default_partitions),
+                t.replication_factor.unwrap_or(k.replication_factor),
+            ),
+        );
+    }
+    create_topics(k, &wanted).await
+}
+
+/// Creates `topics` (name → partitions, replication) where missing.
+pub async fn create_topics(
+    k: &KafkaSettings,
+    topics: &BTreeMap<String, (i32, i32)>,
+) -> Result<(), KafkaIoError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(k).create().map_err(KafkaIoError::Client)?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, (p, r))| NewTopic::new(name, *p, TopicReplication::Fixed(*r)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results =
+        admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|e| KafkaIoError::CreateTopic {
+                topic: topics.keys().cloned().collect::<Vec<_>>().join(","),
+                message: e.to_string(),
+            })?;
+    for r in results {
+        match r {
+            Ok(topic) => tracing::info!(topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaIoError::CreateTopic {
+                    topic,
+                    message: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Converts a consumed message into a [`Record`].
+pub fn to_record(m: &BorrowedMessage<'_>, topic: &Arc<str>) -> Record {
+    let mut headers = connector_core::Headers::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            headers.insert(h.key, Bytes::copy_from_slice(h.value.unwrap_or_default()));
+        }
+    }
+    Record {
+        key: m.key().map(Bytes::copy_from_slice),
+        value: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        headers,
+        timestamp_ms: m.timestamp().to_millis(),
+        origin: Some(connector_core::Origin {
+            topic: topic.clone(),
+            partition: m.partition(),
+            offset: m.offset(),
+        }),
+    }
+}
+
+fn owned_headers(r: &Record) -> Option<OwnedHeaders> {
+    if r.headers.is_empty() {
+        return None;
+    }
+    let mut h = OwnedHeaders::new_with_capacity(r.headers.len());
+    for (k, v) in r.headers.iter() {
+        h = h.insert(Header {
+            key: k,
+            value: Some(v.as_ref()),
+        });
+    }
+    Some(h)
+}
+
+/// Whether a produce error is worth retrying.
+pub fn is_retriable(e: &KafkaError) -> bool {
+    !matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+        )
+    )
+}
+
+/// The process's producer, shared by sources, transforms and dead-letter routing.
+#[derive(Clone)]
+pub struct SharedProducer {
+    inner: FutureProducer,
+}
+
+impl SharedProducer {
+    /// Creates the producer.
+    pub fn new(k: &KafkaSettings) -> Result<Self, KafkaIoError> {
+        Ok(Self {
+            inner: producer_config(k).create().map_err(KafkaIoError::Client)?,
+        })
+    }
+
+    /// Produces every record to its topic and waits for all acknowledgements. The result has
+    /// one entry per record, in order. Enqueueing waits (up to `queue_timeout`) while the local
+    /// queue is full.
+    pub async fn produce_all(
+        &self,
+        records: &[(&str, &Record)],
+        queue_timeout: Duration,
+    ) -> Vec<Result<(), KafkaError>> {
+        let futures = records.iter().map(|(topic, r)| {
+            let mut fr: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(topic).payload(r.value.as_ref());
+            if let Some(k) = &r.key {
+                fr = fr.key(k.as_ref());
+            }
+            if let Some(h) = owned_headers(r) {
+                fr = fr.headers(h);
+            }
+            if let Some(ts) = r.timestamp_ms {
+                fr = fr.timestamp(ts);
+            }
+            async move {
+                match self.inner.send(fr, queue_timeout).await {
+                    Ok(_) => Ok(()),
+                    Err((e, _)) => Err(e),
+                }
+            }
+        });
+        join_all(futures).await
+    }
+
+    /// Waits until everything queued is delivered (or the timeout passes).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(timeout)
+    }
+
+    /// True when the broker answers a metadata request.
+    pub async fn reachable(&self) -> bool {
+        let p = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            p.client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// [`Emitter`] for sources: produce to the record's topic or the connector's output topic and
+/// resolve after every acknowledgement, within `ack_timeout`.
+pub struct ProducerEmitter {
+    /// The shared producer.
+    pub producer: SharedProducer,
+    /// Default topic.
+    pub output_topic: String,
+    /// Longest wait for the local queue and the acknowledgements.
+    pub ack_timeout: Duration,
+    /// Fires on shutdown.
+    pub shutdown: connector_core::Shutdown,
+}
+
+#[async_trait]
+impl Emitter for ProducerEmitter {
+    async fn emit(&self, records: Vec<Output>) -> Result<(), EmitError> {
+        if self.shutdown.is_triggered() {
+            return Err(EmitError::ShuttingDown);
+        }
+        let items: Vec<(&str, &Record)> = records
+            .iter()
+            .map(|o| (o.topic.as_deref().unwrap_or(&self.output_topic), &o.record))
+            .collect();
+        let fut = self.producer.produce_all(&items, self.ack_timeout);
+        let results = tokio::time::timeout(self.ack_timeout, fut)
+            .await
+            .map_err(|_| EmitError::Unavailable("no acknowledgement within the timeout".into()))?;
+        for r in results {
+            match r {
+                Ok(()) => {}
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    return Err(EmitError::QueueFull)
+                }
+                Err(e) if is_retriable(&e) => return Err(EmitError::Unavailable(e.to_string())),
+                Err(e) => return Err(EmitError::Rejected(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn ready(&self) -> bool {
+        self.producer.reachable().await
+    }
+}

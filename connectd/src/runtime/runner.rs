@@ -1,0 +1,571 @@
+//! The consumer-group runner of one sink or transform (SPEC §5).
+//!
+//! * Reads the input topics in the connector's consumer group, `enable.auto.commit=false`.
+//! * Routes each partition to one of `max_in_flight` worker slots (`partition % slots`), so a
+//!   partition's batches are handled one at a time, in order, while slots work in parallel.
+//! * Builds batches per slot (max records / bytes / linger) and hands them to the slot's own
+//!   connector instance ([`super::worker`]).
+//! * Tracks every read offset ([`super::offsets`]) and commits, per partition, only the prefix
+//!   of records whose outcome is final.
+//! * Backpressure: a slot with a full batch waiting, or too many buffered bytes, pauses its
+//!   partitions; polling goes on so the member stays in the group.
+//! * Rebalance: on revocation it waits (bounded) for in-flight batches of the revoked
+//!   partitions, commits what is final, then lets the partitions go.
+//! * Shutdown: stops reading, waits (bounded) for in-flight batches, commits, leaves the group.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use connector_core::{Record, Shutdown};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use tokio::sync::{mpsc, Notify};
+
+use super::kafka::{consumer_config, to_record};
+use super::offsets::PartitionTracker;
+use super::status::{ConnectorHandle, Control, State};
+use super::worker::{BatchError, Instance, WorkerEnv};
+use crate::config::{ConsumerSettings, KafkaSettings, StartFrom};
+
+type Tp = (Arc<str>, i32);
+
+struct PartState {
+    tracker: PartitionTracker,
+    generation: u64,
+}
+
+/// State shared by the runner task, its workers and the rebalance callbacks.
+struct Shared {
+    parts: Mutex<HashMap<Tp, PartState>>,
+    changed: Condvar,
+    wake: Notify,
+    generation: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Tp, PartState>> {
+        match self.parts.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Marks offsets done (ignored for partitions of another generation).
+    fn complete(&self, generation: u64, done: &[(Tp, i64)]) {
+        let mut g = self.lock();
+        for (tp, offset) in done {
+            if let Some(p) = g.get_mut(tp) {
+                if p.generation == generation {
+                    p.tracker.done(*offset);
+                }
+            }
+        }
+        drop(g);
+        self.changed.notify_all();
+        self.wake.notify_one();
+    }
+
+    /// Positions to commit, for `only` partitions or all; with `force`, also positions that
+    /// did not move since the last commit (whose asynchronous commit may have failed).
+    fn commit_list(&self, only: Option<&HashSet<Tp>>, force: bool) -> Vec<(Tp, i64)> {
+        let g = self.lock();
+        g.iter()
+            .filter(|(tp, _)| only.is_none_or(|o| o.contains(*tp)))
+            .filter_map(|(tp, p)| {
+                let pos = if force {
+                    p.tracker.position()
+                } else {
+                    p.tracker.to_commit()
+                };
+                pos.map(|pos| (tp.clone(), pos))
+            })
+            .collect()
+    }
+
+    fn mark_committed(&self, list: &[(Tp, i64)]) {
+        let mut g = self.lock();
+        for (tp, pos) in list {
+            if let Some(p) = g.get_mut(tp) {
+                p.tracker.mark_committed(*pos);
+            }
+        }
+    }
+}
+
+fn tpl_of(list: &[(Tp, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), pos) in list {
+        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*pos));
+    }
+    tpl
+}
+
+/// The consumer's context: rebalance callbacks and statistics (lag).
+struct RunnerContext {
+    shared: Arc<Shared>,
+    handle: ConnectorHandle,
+    revoke_wait: Duration,
+}
+
+impl ClientContext for RunnerContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    self.handle.set_lag(topic, *p, part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl RunnerContext {
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let revoked: HashSet<Tp> = tpl
+            .elements()
+            .iter()
+            .map(|e| (Arc::<str>::from(e.topic()), e.partition()))
+            .collect();
+        // Wait (bounded) for in-flight batches of these partitions to finish.
+        let deadline = Instant::now() + self.revoke_wait;
+        let mut g = self.shared.lock();
+        loop {
+            let pending: usize = g
+                .iter()
+                .filter(|(tp, _)| revoked.contains(*tp))
+                .map(|(_, p)| p.tracker.in_flight())
+                .sum();
+            let now = Instant::now();
+            if pending == 0 || now >= deadline {
+                if pending > 0 {
+                    tracing::warn!(connector = %self.handle.name, pending, "revocation: abandoning records still in flight (they will be redelivered)");
+                }
+                break;
+            }
+            g = match self
+                .shared
+                .changed
+                .wait_timeout(g, (deadline - now).min(Duration::from_millis(50)))
+            {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        drop(g);
+        let list = self.shared.commit_list(Some(&revoked), true);
+        if !list.is_empty() {
+            match consumer.commit(&tpl_of(&list), CommitMode::Sync) {
+                Ok(()) => self.handle.metrics.commits.inc(),
+                Err(e) => {
+                    tracing::warn!(connector = %self.handle.name, error = %e, "commit on revocation failed")
+                }
+            }
+        }
+        let mut g = self.shared.lock();
+        for tp in &revoked {
+            g.remove(tp);
+        }
+        drop(g);
+        self.handle.clear_lag();
+        tracing::info!(connector = %self.handle.name, partitions = revoked.len(), "partitions revoked");
+    }
+}
+
+impl ConsumerContext for RunnerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // The callback runs inside the runner task's poll; waiting for the workers (other
+            // tasks) needs this thread to step out of the async scheduler.
+            let multi = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if multi {
+                tokio::task::block_in_place(|| self.revoke(consumer, tpl));
+            } else {
+                self.revoke(consumer, tpl);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut g = self.shared.lock();
+            for e in tpl.elements() {
+                g.insert(
+                    (Arc::from(e.topic()), e.partition()),
+                    PartState {
+                        tracker: PartitionTracker::default(),
+                        generation,
+                    },
+                );
+            }
+            drop(g);
+            self.shared.wake.notify_one();
+            tracing::info!(connector = %self.handle.name, partitions = tpl.count(), generation, "partitions assigned");
+        }
+    }
+}
+
+/// A batch handed to a slot.
+struct Batch {
+    generation: u64,
+    records: Vec<Record>,
+}
+
+struct Slot {
+    tx: mpsc::Sender<Batch>,
+    building: Vec<Record>,
+    bytes: usize,
+    first_at: Option<Instant>,
+    busy: bool,
+    busy_bytes: usize,
+}
+
+/// A slot's report that its batch is over.
+struct SlotDone {
+    slot: usize,
+    error: Option<BatchError>,
+}
+
+/// Everything a runner needs.
+pub struct RunnerParams {
+    /// Connector name.
+    pub name: String,
+    /// Consumer settings.
+    pub consumer: ConsumerSettings,
+    /// Broker settings.
+    pub kafka: KafkaSettings,
+    /// Built instances, one per slot.
+    pub instances: Vec<Instance>,
+    /// Shared with the workers.
+    pub env: Arc<WorkerEnv>,
+    /// Status handle.
+    pub handle: ConnectorHandle,
+    /// Fires on shutdown.
+    pub shutdown: Shutdown,
+    /// Shutdown deadline for in-flight work.
+    pub shutdown_timeout: Duration,
+}
+
+/// Runs until shutdown (Ok) or until a slot reports an error.
+pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
+    let RunnerParams {
+        name,
+        consumer: settings,
+        kafka,
+        instances,
+        env,
+        handle,
+        mut shutdown,
+        shutdown_timeout,
+    } = params;
+    let group = settings.group(&name);
+    let shared = Arc::new(Shared {
+        parts: Mutex::new(HashMap::new()),
+        changed: Condvar::new(),
+        wake: Notify::new(),
+        generation: AtomicU64::new(0),
+    });
+    let ctx = RunnerContext {
+        shared: shared.clone(),
+        handle: handle.clone(),
+        revoke_wait: shutdown_timeout.min(Duration::from_secs(30)),
+    };
+    let consumer: StreamConsumer<RunnerContext> =
+        consumer_config(&kafka, &group, settings.start_from == StartFrom::Earliest)
+            .create_with_context(ctx)
+            .map_err(|e| BatchError::Crash(format!("cannot create consumer: {e}")))?;
+    let topics = settings.input.to_vec();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .map_err(|e| BatchError::Crash(format!("cannot subscribe to {topics:?}: {e}")))?;
+    tracing::info!(connector = %name, %group, topics = ?topics, "consuming");
+
+    // Worker slots.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<SlotDone>();
+    let mut slots = Vec::new();
+    let mut workers = Vec::new();
+    for (i, mut instance) in instances.into_iter().enumerate() {
+        let (tx, mut rx) = mpsc::channel::<Batch>(1);
+        let env = env.clone();
+        let shared = shared.clone();
+        let done_tx = done_tx.clone();
+        workers.push(tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                let generation = batch.generation;
+                let records = &batch.records;
+                let mut mark = |idx: &[usize]| {
+                    let done: Vec<(Tp, i64)> = idx
+                        .iter()
+                        .filter_map(|i| records[*i].origin.as_ref())
+                        .map(|o| ((o.topic.clone(), o.partition), o.offset))
+                        .collect();
+                    shared.complete(generation, &done);
+                };
+                let result = env.handle_batch(&mut instance, records, &mut mark).await;
+                env.handle.set_details(instance.status());
+                let stop = result.is_err();
+                let _ = done_tx.send(SlotDone {
+                    slot: i,
+                    error: result.err(),
+                });
+                shared.wake.notify_one();
+                if stop {
+                    break;
+                }
+            }
+            if let Err(e) = instance.close().await {
+                tracing::warn!(connector = %env.name, error = %e, "close failed");
+            }
+        }));
+        slots.push(Slot {
+            tx,
+            building: Vec::new(),
+            bytes: 0,
+            first_at: None,
+            busy: false,
+            busy_bytes: 0,
+        });
+    }
+    drop(done_tx);
+
+    let n_slots = slots.len().max(1);
+    let slot_of = |p: i32| (p.unsigned_abs() as usize) % n_slots;
+    let batch = settings.batch.clone();
+    let linger = batch.linger.as_std();
+    let mut control = handle.control();
+    let mut operator_paused = *control.borrow() == Control::Pause;
+    let mut paused: HashSet<Tp> = HashSet::new();
+    let mut seen_generation = 0u64;
+    let mut last_commit = Instant::now();
+    let commit_every = Duration::from_millis(500);
+    let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
+    let mut failure: Option<BatchError> = None;
+    handle.set_state(if operator_paused {
+        State::Paused
+    } else {
+        State::Running
+    });
+
+    loop {
+        // A new assignment: batches being built belong to the old one; librdkafka restarts
+        // fetching from the committed offsets, and pause state starts afresh.
+        let generation = shared.generation.load(Ordering::SeqCst);
+        if generation != seen_generation {
+            for s in &mut slots {
+                s.building.clear();
+                s.bytes = 0;
+                s.first_at = None;
+            }
+            paused.clear();
+            seen_generation = generation;
+        }
+
+        // Hand over ready batches.
+        for s in slots.iter_mut() {
+            let full = s.building.len() >= batch.max_records || s.bytes >= batch.max_bytes;
+            let lingered = s.first_at.is_some_and(|t| t.elapsed() >= linger);
+            if !s.busy && !s.building.is_empty() && (full || lingered) {
+                let take = s.building.len().min(batch.max_records);
+                let records: Vec<Record> = s.building.drain(..take).collect();
+                let bytes: usize = records.iter().map(Record::byte_size).sum();
+                s.bytes -= bytes.min(s.bytes);
+                s.first_at = if s.building.is_empty() {
+                    None
+                } else {
+                    Some(Instant::now())
+                };
+                s.busy = true;
+                s.busy_bytes = bytes;
+                if s.tx
+                    .send(Batch {
+                        generation,
+                        records,
+                    })
+                    .await
+                    .is_err()
+                {
+                    failure.get_or_insert(BatchError::Crash("worker stopped".into()));
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+
+        // Commit what is final.
+        if last_commit.elapsed() >= commit_every {
+            commit(&consumer, &shared, &handle, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+
+        // Backpressure and operator pause.
+        let buffered: usize = slots.iter().map(|s| s.bytes + s.busy_bytes).sum();
+        let over_memory = buffered >= settings.max_buffered_bytes;
+        let assigned: Vec<Tp> = shared.lock().keys().cloned().collect();
+        let want: HashSet<Tp> = assigned
+            .into_iter()
+            .filter(|tp| {
+                let s = &slots[slot_of(tp.1)];
+                operator_paused
+                    || over_memory
+                    || (s.busy
+                        && (s.building.len() >= batch.max_records || s.bytes >= batch.max_bytes))
+            })
+            .collect();
+        let to_pause: Vec<(Tp, i64)> = want.difference(&paused).map(|tp| (tp.clone(), 0)).collect();
+        let to_resume: Vec<(Tp, i64)> =
+            paused.difference(&want).map(|tp| (tp.clone(), 0)).collect();
+        if !to_pause.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((t, p), _) in &to_pause {
+                tpl.add_partition(t, *p);
+            }
+            if let Err(e) = consumer.pause(&tpl) {
+                tracing::warn!(connector = %name, error = %e, "pause failed");
+            }
+        }
+        if !to_resume.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((t, p), _) in &to_resume {
+                tpl.add_partition(t, *p);
+            }
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::warn!(connector = %name, error = %e, "resume failed");
+            }
+        }
+        paused = want;
+
+        // Next deadline: the earliest linger expiry or the next commit.
+        let mut next = last_commit + commit_every;
+        for s in &slots {
+            if let (false, Some(t)) = (s.busy, s.first_at) {
+                next = next.min(t + linger);
+            }
+        }
+
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            Some(d) = done_rx.recv() => {
+                let s = &mut slots[d.slot];
+                s.busy = false;
+                s.busy_bytes = 0;
+                if let Some(e) = d.error {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            changed = control.changed() => {
+                if changed.is_ok() {
+                    operator_paused = *control.borrow_and_update() == Control::Pause;
+                    handle.set_state(if operator_paused { State::Paused } else { State::Running });
+                }
+            }
+            msg = consumer.recv() => match msg {
+                Ok(m) => {
+                    let topic = match topic_names.get(m.topic()) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t: Arc<str> = Arc::from(m.topic());
+                            topic_names.insert(m.topic().to_string(), t.clone());
+                            t
+                        }
+                    };
+                    let tp = (topic.clone(), m.partition());
+                    let current = shared.generation.load(Ordering::SeqCst);
+                    let tracked = {
+                        let mut g = shared.lock();
+                        match g.get_mut(&tp) {
+                            Some(p) if p.generation == current => p.tracker.track(m.offset()),
+                            _ => false,
+                        }
+                    };
+                    if tracked {
+                        let record = to_record(&m, &topic);
+                        handle.metrics.records_in.inc();
+                        let s = &mut slots[slot_of(tp.1)];
+                        s.bytes += record.byte_size();
+                        s.first_at.get_or_insert_with(Instant::now);
+                        s.building.push(record);
+                    } else {
+                        tracing::debug!(connector = %name, topic = %tp.0, partition = tp.1, offset = m.offset(), "ignoring a record of a partition not (or no longer) assigned");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(connector = %name, error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+    }
+
+    // Stop: no new batches. Wait (bounded) for in-flight ones, commit what is final, leave.
+    let deadline = Instant::now() + shutdown_timeout;
+    for s in &mut slots {
+        s.building.clear();
+    }
+    while slots.iter().any(|s| s.busy) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::warn!(connector = %name, "shutdown deadline passed with batches in flight; they will be redelivered");
+            break;
+        }
+        match tokio::time::timeout(left, done_rx.recv()).await {
+            Ok(Some(d)) => {
+                slots[d.slot].busy = false;
+                if let Some(e) = d.error {
+                    failure.get_or_insert(e);
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    commit(&consumer, &shared, &handle, CommitMode::Sync);
+    drop(slots);
+    for w in workers {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        match tokio::time::timeout(left, w).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!(connector = %name, "worker did not stop in time"),
+        }
+    }
+    consumer.unsubscribe();
+    match failure {
+        Some(BatchError::Abandoned) | None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+fn commit(
+    consumer: &StreamConsumer<RunnerContext>,
+    shared: &Shared,
+    handle: &ConnectorHandle,
+    mode: CommitMode,
+) {
+    let list = shared.commit_list(None, matches!(mode, CommitMode::Sync));
+    if list.is_empty() {
+        return;
+    }
+    match consumer.commit(&tpl_of(&list), mode) {
+        Ok(()) => {
+            shared.mark_committed(&list);
+            handle.metrics.commits.inc();
+        }
+        Err(e) => {
+            tracing::warn!(connector = %handle.name, error = %e, "offset commit failed (will retry)")
+        }
+    }
+}

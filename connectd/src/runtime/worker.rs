@@ -1,0 +1,389 @@
+//! Handling one batch with one connector instance: retries with backoff, dead-lettering,
+//! producing a transform's output — and reporting each record once its outcome is final.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use connector_core::{
+    ConnectorError, Output, Record, RecordOutcome, Shutdown, Sink, Transform, TransformOutcome,
+};
+use rand::Rng;
+
+use super::dlq::dead_letter;
+use super::kafka::{is_retriable, SharedProducer};
+use super::status::{ConnectorHandle, State};
+use crate::config::{DlqBreakerSettings, RetrySettings};
+
+/// A built connector instance, owned by one worker slot.
+pub enum Instance {
+    /// A sink.
+    Sink(Box<dyn Sink>),
+    /// A transform and its default output topic.
+    Transform(Box<dyn Transform>, String),
+}
+
+impl Instance {
+    /// Connector-specific status.
+    pub fn status(&self) -> serde_json::Value {
+        match self {
+            Instance::Sink(s) => s.status(),
+            Instance::Transform(t, _) => t.status(),
+        }
+    }
+
+    /// Closes the instance.
+    pub async fn close(&mut self) -> Result<(), ConnectorError> {
+        match self {
+            Instance::Sink(s) => s.close().await,
+            Instance::Transform(t, _) => t.close().await,
+        }
+    }
+}
+
+/// Why a batch was not completed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The connector crashed; the supervisor restarts it. Records not final are redelivered.
+    #[error("connector crashed: {0}")]
+    Crash(String),
+    /// The connector must stop until an operator intervenes.
+    #[error("connector failed: {0}")]
+    Fatal(String),
+    /// Shutdown came first; records not final are redelivered after the restart.
+    #[error("abandoned at shutdown")]
+    Abandoned,
+}
+
+/// DLQ-rate breaker over the last `window` records.
+#[derive(Debug)]
+pub struct Breaker {
+    settings: DlqBreakerSettings,
+    events: VecDeque<bool>,
+    dead: u64,
+}
+
+impl Breaker {
+    /// A breaker with these settings.
+    pub fn new(settings: DlqBreakerSettings) -> Self {
+        Self {
+            settings,
+            events: VecDeque::new(),
+            dead: 0,
+        }
+    }
+
+    /// Adds `ok` good and `dead` dead-lettered records; returns the ratio when it is over the
+    /// limit on a full window.
+    pub fn observe(&mut self, ok: u64, dead: u64) -> Option<f64> {
+        let window = self.settings.window.max(1) as usize;
+        for d in
+            std::iter::repeat_n(false, ok as usize).chain(std::iter::repeat_n(true, dead as usize))
+        {
+            self.events.push_back(d);
+            self.dead += u64::from(d);
+            if self.events.len() > window {
+                if let Some(true) = self.events.pop_front() {
+                    self.dead -= 1;
+                }
+            }
+        }
+        let ratio = self.dead as f64 / self.events.len().max(1) as f64;
+        (self.events.len() >= window && ratio > self.settings.max_ratio).then_some(ratio)
+    }
+}
+
+/// What a worker needs besides its instance.
+pub struct WorkerEnv {
+    /// Connector name.
+    pub name: String,
+    /// Dead-letter topic, if any.
+    pub dlq_topic: Option<String>,
+    /// Retry policy.
+    pub retry: RetrySettings,
+    /// Shared producer.
+    pub producer: SharedProducer,
+    /// Status and counters.
+    pub handle: ConnectorHandle,
+    /// Fires on shutdown.
+    pub shutdown: Shutdown,
+    /// Shared by the connector's slots.
+    pub breaker: Option<Arc<Mutex<Breaker>>>,
+}
+
+/// Longest wait to enqueue into the producer's local queue.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl WorkerEnv {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.retry.initial_backoff.as_std().as_millis() as u64;
+        let max = self.retry.max_backoff.as_std().as_millis() as u64;
+        let exp = base
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+            .min(max)
+            .max(1);
+        // Full jitter between half and all of the exponential step.
+        Duration::from_millis(rand::rng().random_range(exp / 2..=exp))
+    }
+
+    /// Sleeps before retry `attempt`, or gives up when shutdown comes first or attempts run out.
+    async fn before_retry(&self, attempt: u32, err: &str) -> Result<(), BatchError> {
+        self.handle.metrics.retries.inc();
+        self.handle.set_error(err.to_string());
+        if self.handle.state() == State::Running {
+            self.handle.set_state(State::Degraded);
+        }
+        if let Some(max) = self.retry.max_attempts {
+            if attempt >= max {
+                return Err(BatchError::Fatal(format!(
+                    "gave up after {attempt} attempts: {err}"
+                )));
+            }
+        }
+        let wait = self.backoff(attempt);
+        tracing::warn!(connector = %self.name, attempt, wait_ms = wait.as_millis() as u64, error = %err, "retrying");
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = shutdown.wait() => Err(BatchError::Abandoned),
+        }
+    }
+
+    fn recovered(&self) {
+        if self.handle.state() == State::Degraded {
+            self.handle.set_state(State::Running);
+        }
+    }
+
+    /// Sends `dead` (index, error) to the DLQ topic and waits for the acknowledgements.
+    async fn dead_letter(
+        &self,
+        batch: &[Record],
+        dead: &[(usize, ConnectorError)],
+        ok: u64,
+        attempt: u32,
+    ) -> Result<(), BatchError> {
+        if let Some(b) = &self.breaker {
+            let tripped = match b.lock() {
+                Ok(mut g) => g.observe(ok, dead.len() as u64),
+                Err(p) => p.into_inner().observe(ok, dead.len() as u64),
+            };
+            if let Some(ratio) = tripped {
+                return Err(BatchError::Fatal(format!(
+                    "dead-letter rate {:.1}% is over the dlq_breaker limit; first error: {}",
+                    ratio * 100.0,
+                    dead.first().map(|(_, e)| e.to_string()).unwrap_or_default()
+                )));
+            }
+        }
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let Some(topic) = &self.dlq_topic else {
+            let (i, e) = &dead[0];
+            let at = batch[*i]
+                .origin
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            return Err(BatchError::Fatal(format!(
+                "record {at} failed permanently ({e}) and the connector has no dlq_topic"
+            )));
+        };
+        let letters: Vec<Record> = dead
+            .iter()
+            .map(|(i, e)| dead_letter(&batch[*i], &self.name, e, attempt))
+            .collect();
+        let mut retry_attempt = 0;
+        loop {
+            let items: Vec<(&str, &Record)> = letters.iter().map(|r| (topic.as_str(), r)).collect();
+            let results = self.producer.produce_all(&items, QUEUE_TIMEOUT).await;
+            match results.into_iter().find_map(Result::err) {
+                None => break,
+                Some(e) if is_retriable(&e) => {
+                    retry_attempt += 1;
+                    self.before_retry(
+                        retry_attempt,
+                        &format!("dead-letter produce to {topic}: {e}"),
+                    )
+                    .await?;
+                }
+                Some(e) => {
+                    return Err(BatchError::Fatal(format!(
+                        "dead-letter topic {topic} rejected a record: {e}"
+                    )))
+                }
+            }
+        }
+        for (i, e) in dead {
+            let at = batch[*i]
+                .origin
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            tracing::warn!(connector = %self.name, record = %at, class = e.class(), error = %e.message(), "dead-lettered");
+        }
+        self.handle.metrics.dlq_records.add(dead.len() as u64);
+        Ok(())
+    }
+
+    /// Handles `batch` with `instance`; `done` is called with the indices of records whose
+    /// outcome became final (possibly several times, never twice for one index).
+    pub async fn handle_batch(
+        &self,
+        instance: &mut Instance,
+        batch: &[Record],
+        done: &mut (dyn FnMut(&[usize]) + Send),
+    ) -> Result<(), BatchError> {
+        let started = Instant::now();
+        let m = &self.handle.metrics;
+        m.batch_size.observe(batch.len() as f64);
+        let mut todo: Vec<usize> = (0..batch.len()).collect();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let subset: Cow<'_, [Record]> = if todo.len() == batch.len() {
+                Cow::Borrowed(batch)
+            } else {
+                Cow::Owned(todo.iter().map(|i| batch[*i].clone()).collect())
+            };
+            let mut retry: Vec<usize> = Vec::new();
+            let mut retry_error = String::new();
+            let mut dead: Vec<(usize, ConnectorError)> = Vec::new();
+            let mut finished: Vec<usize> = Vec::new();
+            match instance {
+                Instance::Sink(sink) => match sink.write(&subset).await {
+                    Ok(outcomes) if outcomes.len() == subset.len() => {
+                        for (j, o) in outcomes.into_iter().enumerate() {
+                            match o {
+                                RecordOutcome::Delivered => finished.push(todo[j]),
+                                RecordOutcome::Retriable(e) => {
+                                    retry_error = e.to_string();
+                                    retry.push(todo[j]);
+                                }
+                                RecordOutcome::Permanent(e) => dead.push((todo[j], e)),
+                            }
+                        }
+                        m.records_out.add(finished.len() as u64);
+                    }
+                    Ok(outcomes) => {
+                        return Err(BatchError::Crash(format!(
+                            "sink returned {} outcomes for {} records",
+                            outcomes.len(),
+                            subset.len()
+                        )))
+                    }
+                    Err(e) if e.is_retriable() => {
+                        retry_error = e.to_string();
+                        retry = todo.clone();
+                    }
+                    Err(e) => return Err(BatchError::Crash(e.to_string())),
+                },
+                Instance::Transform(t, output) => {
+                    let outcomes = match t.transform(&subset).await {
+                        Ok(o) if o.len() == subset.len() => o,
+                        Ok(o) => {
+                            return Err(BatchError::Crash(format!(
+                                "transform returned {} outcomes for {} records",
+                                o.len(),
+                                subset.len()
+                            )))
+                        }
+                        Err(e) if e.is_retriable() => {
+                            retry_error = e.to_string();
+                            todo.iter()
+                                .map(|_| TransformOutcome::Retriable(e.clone()))
+                                .collect()
+                        }
+                        Err(e) => return Err(BatchError::Crash(e.to_string())),
+                    };
+                    let mut emits: Vec<(usize, Vec<Output>)> = Vec::new();
+                    for (j, o) in outcomes.into_iter().enumerate() {
+                        match o {
+                            TransformOutcome::Emit(outs) if outs.is_empty() => {
+                                m.records_dropped.inc();
+                                finished.push(todo[j]);
+                            }
+                            TransformOutcome::Emit(outs) => emits.push((todo[j], outs)),
+                            TransformOutcome::Retriable(e) => {
+                                retry_error = e.to_string();
+                                retry.push(todo[j]);
+                            }
+                            TransformOutcome::Permanent(e) => dead.push((todo[j], e)),
+                        }
+                    }
+                    let items: Vec<(&str, &Record)> = emits
+                        .iter()
+                        .flat_map(|(_, outs)| {
+                            outs.iter()
+                                .map(|o| (o.topic.as_deref().unwrap_or(output.as_str()), &o.record))
+                        })
+                        .collect();
+                    let results = self.producer.produce_all(&items, QUEUE_TIMEOUT).await;
+                    let mut results = results.into_iter();
+                    for (i, outs) in &emits {
+                        let mut failure = None;
+                        for r in results.by_ref().take(outs.len()) {
+                            if let Err(e) = r {
+                                failure.get_or_insert(e);
+                            }
+                        }
+                        match failure {
+                            None => {
+                                m.records_out.add(outs.len() as u64);
+                                finished.push(*i);
+                            }
+                            Some(e) if is_retriable(&e) => {
+                                retry_error = format!("produce: {e}");
+                                retry.push(*i);
+                            }
+                            Some(e) => dead.push((
+                                *i,
+                                ConnectorError::permanent("produce_rejected", e.to_string()),
+                            )),
+                        }
+                    }
+                }
+            }
+            if !finished.is_empty() {
+                finished.sort_unstable();
+                done(&finished);
+            }
+            if !dead.is_empty() || self.breaker.is_some() {
+                self.dead_letter(batch, &dead, finished.len() as u64, attempt)
+                    .await?;
+                let idx: Vec<usize> = dead.iter().map(|(i, _)| *i).collect();
+                if !idx.is_empty() {
+                    done(&idx);
+                }
+            }
+            if retry.is_empty() {
+                self.recovered();
+                m.batch_seconds.observe(started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            self.before_retry(attempt, &retry_error).await?;
+            retry.sort_unstable();
+            todo = retry;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_trips_only_on_a_full_window_over_the_ratio() {
+        let mut b = Breaker::new(DlqBreakerSettings {
+            max_ratio: 0.5,
+            window: 10,
+        });
+        assert_eq!(b.observe(0, 3), None, "window not full");
+        assert_eq!(b.observe(7, 0), None, "3 of 10");
+        assert_eq!(b.observe(0, 2), None, "5 of 10 is not over 0.5");
+        assert!(b.observe(0, 1).is_some(), "6 of 10");
+        assert_eq!(b.observe(10, 0), None, "window slid past the failures");
+    }
+}

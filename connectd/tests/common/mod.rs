@@ -1,0 +1,334 @@
+//! Helpers for integration tests against the local services (scripts/dev-services.sh).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+pub async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin");
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topics");
+    assert!(r[0].is_ok(), "{r:?}");
+}
+
+/// End offsets (last produced offset + 1) per partition, from the delivery reports.
+pub type Ends = BTreeMap<i32, i64>;
+
+/// Produces `values` with keys `k<i>` and waits for every acknowledgement.
+pub async fn produce(topic: &str, values: &[String]) -> Ends {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut ends = Ends::new();
+    for chunk in values.chunks(5000) {
+        let futs = chunk.iter().enumerate().map(|(i, v)| {
+            let key = format!("k{i}");
+            let producer = &producer;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(&key).payload(v),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("acked")
+            }
+        });
+        for d in futures::future::join_all(futs).await {
+            let e = ends.entry(d.partition).or_insert(0);
+            *e = (*e).max(d.offset + 1);
+        }
+    }
+    ends
+}
+
+/// Committed offsets of `group` for `topic`'s partitions in `ends`.
+pub fn committed(group: &str, topic: &str, ends: &Ends) -> Ends {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition(topic, *p);
+    }
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    got.elements()
+        .iter()
+        .map(|e| {
+            (
+                e.partition(),
+                if let Offset::Offset(o) = e.offset() {
+                    o
+                } else {
+                    -1
+                },
+            )
+        })
+        .collect()
+}
+
+/// Waits until `group` has committed `ends` on `topic`.
+pub async fn wait_committed(group: &str, topic: &str, ends: &Ends, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let c = committed(group, topic, ends);
+        if &c == ends {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "group {group} committed {c:?}, expected {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A consumed record.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub value: String,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads every record of `topic` from the beginning until `expected` arrived (or the
+/// timeout), with a throw-away group.
+pub async fn read_all(topic: &str, expected: usize, timeout: Duration) -> Vec<Consumed> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .expect("consumer");
+        c.subscribe(&[&topic]).expect("subscribe");
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < expected && start.elapsed() < timeout {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Consumed {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    headers,
+                });
+            }
+        }
+        // Linger a little to catch records beyond `expected` (duplicates).
+        let extra_until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < extra_until {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                out.push(Consumed {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    headers: HashMap::new(),
+                });
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader")
+}
+
+/// Lines of a JSON-lines file written by file_sink (0 when missing).
+pub fn file_values(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| match &v["value"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+pub async fn wait_lines(path: &Path, at_least: usize, timeout: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let n = file_values(path).len();
+        if n >= at_least || start.elapsed() > timeout {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A `connectd run` child process.
+pub struct Connectd {
+    pub child: Child,
+    pub admin: String,
+    pub log: PathBuf,
+}
+
+impl Connectd {
+    pub fn start(config: &Path, log: &Path, envs: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let admin = format!("127.0.0.1:{port}");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_connectd"));
+        cmd.args(["run", "-c"])
+            .arg(config)
+            .env("CONNECTD_ADMIN", &admin)
+            .env("KAFKA_BROKERS", brokers())
+            .env("CONNECTD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Connectd {
+            child: cmd.spawn().expect("spawn connectd"),
+            admin,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for exit; returns the code and how long it took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return (st.code(), start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                self.kill9();
+                return (None, start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(&self.admin, "GET", path).await
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, String) {
+        http(&self.admin, "POST", path).await
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Connectd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Minimal HTTP/1.1 client for the admin server.
+pub async fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot reach admin server {addr}: {e}"),
+        }
+    };
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p
+}
