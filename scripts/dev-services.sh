@@ -208,6 +208,7 @@ export DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB
 export REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export CONNECTD_DEV_DIR=$DEV_DIR
+export TANSU_BIN=$(tansu_bin || echo tansu)
 EOF
 }
 

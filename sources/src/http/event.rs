@@ -1,0 +1,491 @@
+//! Request bodies → validated events → envelopes (SPEC §2, §6).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Why a body could not be read as events at all (→ 400 or 413).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not UTF-8.
+    Utf8 {
+        /// Byte offset of the first bad byte.
+        position: usize,
+    },
+    /// Not JSON.
+    Json {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// Neither an object nor an array of objects.
+    Shape(String),
+    /// No event in the body.
+    Empty,
+    /// More events than allowed.
+    TooMany {
+        /// The limit.
+        max: usize,
+        /// Events in the request.
+        got: usize,
+    },
+}
+
+impl BodyError {
+    /// A short machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BodyError::Utf8 { .. } => "invalid_utf8",
+            BodyError::Json { .. } => "malformed_json",
+            BodyError::Shape(_) => "invalid_shape",
+            BodyError::Empty => "empty_batch",
+            BodyError::TooMany { .. } => "too_many_events",
+        }
+    }
+
+    /// Human-readable message.
+    pub fn message(&self) -> String {
+        match self {
+            BodyError::Utf8 { position } => {
+                format!("body is not valid UTF-8 (first bad byte at offset {position})")
+            }
+            BodyError::Json {
+                line,
+                column,
+                message,
+            } => format!("malformed JSON at line {line} column {column}: {message}"),
+            BodyError::Shape(m) => m.clone(),
+            BodyError::Empty => "no event in the request".into(),
+            BodyError::TooMany { max, got } => {
+                format!("{got} events in one request; at most {max} allowed")
+            }
+        }
+    }
+}
+
+fn json_error(e: &serde_json::Error, line_offset: usize) -> BodyError {
+    BodyError::Json {
+        line: e.line() + line_offset,
+        column: e.column(),
+        message: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// Parses a body: a JSON object, a JSON array of objects, or NDJSON (one object per line).
+pub fn parse_body(body: &[u8], ndjson: bool, max_events: usize) -> Result<Vec<Value>, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|e| BodyError::Utf8 {
+        position: e.valid_up_to(),
+    })?;
+    let events = if ndjson {
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if out.len() >= max_events {
+                let got = out.len()
+                    + text
+                        .lines()
+                        .skip(i)
+                        .filter(|l| !l.trim().is_empty())
+                        .count();
+                return Err(BodyError::TooMany {
+                    max: max_events,
+                    got,
+                });
+            }
+            out.push(serde_json::from_str::<Value>(line).map_err(|e| json_error(&e, i))?);
+        }
+        out
+    } else {
+        match serde_json::from_str::<Value>(text).map_err(|e| json_error(&e, 0))? {
+            Value::Array(items) => items,
+            obj @ Value::Object(_) => vec![obj],
+            other => {
+                return Err(BodyError::Shape(format!(
+                    "body must be a JSON object or an array of objects, not {}",
+                    kind(&other)
+                )))
+            }
+        }
+    };
+    if events.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    if events.len() > max_events {
+        return Err(BodyError::TooMany {
+            max: max_events,
+            got: events.len(),
+        });
+    }
+    Ok(events)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// One problem with one event (→ 400 body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Position of the event in the request (0-based).
+    pub index: usize,
+    /// JSON pointer of the field inside the event (`""` for the event itself).
+    pub pointer: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Per-request facts the envelope needs.
+pub struct RequestFacts<'a> {
+    /// Default `source` (the API key's name, or the connector's `source`).
+    pub source: &'a str,
+    /// The request's `Idempotency-Key` header.
+    pub header_key: Option<&'a str>,
+    /// Events in the request.
+    pub count: usize,
+    /// Trace id for the request.
+    pub trace_id: &'a str,
+    /// Ingestion time.
+    pub now: DateTime<Utc>,
+}
+
+/// A validated event wrapped in its envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enveloped {
+    /// The idempotency key.
+    pub idempotency_key: String,
+    /// The envelope (JSON object).
+    pub envelope: Value,
+}
+
+/// Fields of the growth-event shape; everything else goes into `payload`.
+const KNOWN: &[&str] = &[
+    "idempotency_key",
+    "user_id",
+    "event_type",
+    "client_timestamp",
+    "event_ts",
+    "payload",
+    "source",
+    "trace_id",
+    "schema_version",
+];
+
+/// Parses an RFC 3339 timestamp that has an explicit offset or `Z` and normalizes it to UTC.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The derived idempotency key: SHA-256 over source, user_id, event_type and the normalized
+/// timestamp, so that client retries of the same event collapse.
+pub fn derived_key(source: &str, user_id: &str, event_type: &str, ts: &DateTime<Utc>) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        source,
+        user_id,
+        event_type,
+        &ts.to_rfc3339_opts(SecondsFormat::Micros, true),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Checks the built-in growth-event shape and builds the envelope.
+pub fn envelope(
+    index: usize,
+    event: &Value,
+    facts: &RequestFacts<'_>,
+) -> Result<Enveloped, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let err = |pointer: &str, message: &str| FieldError {
+        index,
+        pointer: pointer.to_string(),
+        message: message.to_string(),
+    };
+    let Some(obj) = event.as_object() else {
+        return Err(vec![err(
+            "",
+            &format!("event must be a JSON object, not {}", kind(event)),
+        )]);
+    };
+    let user_id = match obj.get("user_id") {
+        Some(Value::String(s)) => match uuid::Uuid::parse_str(s) {
+            Ok(u) => Some(u.hyphenated().to_string()),
+            Err(_) => {
+                errors.push(err("/user_id", "must be a UUID"));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(err("/user_id", "must be a string (a UUID)"));
+            None
+        }
+        None => {
+            errors.push(err("/user_id", "is required"));
+            None
+        }
+    };
+    let event_type = match obj.get("event_type") {
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 200 => Some(s.clone()),
+        Some(Value::String(_)) => {
+            errors.push(err("/event_type", "must be 1 to 200 characters"));
+            None
+        }
+        Some(_) => {
+            errors.push(err("/event_type", "must be a string"));
+            None
+        }
+        None => {
+            errors.push(err("/event_type", "is required"));
+            None
+        }
+    };
+    let (ts_field, ts_value) = match (obj.get("client_timestamp"), obj.get("event_ts")) {
+        (Some(v), _) => ("/client_timestamp", Some(v)),
+        (None, Some(v)) => ("/event_ts", Some(v)),
+        (None, None) => ("/client_timestamp", None),
+    };
+    let ts = match ts_value {
+        Some(Value::String(s)) => match parse_timestamp(s) {
+            Some(t) => Some(t),
+            None => {
+                errors.push(err(ts_field, "must be an RFC 3339 timestamp with an explicit offset or Z, e.g. 2026-11-23T10:00:00Z"));
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(err(ts_field, "must be a string (RFC 3339 timestamp)"));
+            None
+        }
+        None => {
+            errors.push(err(
+                "/client_timestamp",
+                "is required (RFC 3339 with an offset or Z)",
+            ));
+            None
+        }
+    };
+    let mut payload = match obj.get("payload") {
+        Some(Value::Object(p)) => p.clone(),
+        None | Some(Value::Null) => Map::new(),
+        Some(_) => {
+            errors.push(err("/payload", "must be a JSON object"));
+            Map::new()
+        }
+    };
+    let client_key = match obj.get("idempotency_key") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Some(s.clone()),
+        Some(_) => {
+            errors.push(err(
+                "/idempotency_key",
+                "must be a string of 1 to 200 characters",
+            ));
+            None
+        }
+        None => None,
+    };
+    let source = match obj.get("source") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => s.clone(),
+        Some(_) => {
+            errors.push(err("/source", "must be a string of 1 to 200 characters"));
+            String::new()
+        }
+        None => facts.source.to_string(),
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (Some(user_id), Some(event_type), Some(ts)) = (user_id, event_type, ts) else {
+        return Err(vec![err("", "invalid event")]);
+    };
+    for (k, v) in obj {
+        if !KNOWN.contains(&k.as_str()) && !payload.contains_key(k) {
+            payload.insert(k.clone(), v.clone());
+        }
+    }
+    let idempotency_key = match (client_key, facts.header_key) {
+        (Some(k), _) => k,
+        (None, Some(h)) if facts.count == 1 => h.to_string(),
+        (None, Some(h)) => format!("{h}:{index}"),
+        (None, None) => derived_key(&source, &user_id, &event_type, &ts),
+    };
+    let envelope = serde_json::json!({
+        "idempotency_key": idempotency_key,
+        "trace_id": facts.trace_id,
+        "schema_version": 1,
+        "source": source,
+        "event_type": event_type,
+        "user_id": user_id,
+        "event_ts": ts.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "payload": Value::Object(payload),
+        "ingested_at": facts.now.to_rfc3339_opts(SecondsFormat::Micros, true),
+    });
+    Ok(Enveloped {
+        idempotency_key,
+        envelope,
+    })
+}
+
+/// The partition key: the named envelope fields joined with `|`.
+pub fn partition_key(envelope: &Value, fields: &[String]) -> String {
+    fields
+        .iter()
+        .map(|f| match &envelope[f.as_str()] {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn facts<'a>(header: Option<&'a str>, count: usize) -> RequestFacts<'a> {
+        RequestFacts {
+            source: "web",
+            header_key: header,
+            count,
+            trace_id: "t1",
+            now: parse_timestamp("2026-11-23T12:00:00Z").expect("ts"),
+        }
+    }
+
+    const UID: &str = "6f1c1f0e-8a4b-4c55-9d1e-2b7f3c4d5e6f";
+
+    #[test]
+    fn envelope_normalizes_to_utc_and_keeps_extra_fields_in_payload() {
+        let e = json!({"user_id": UID.to_uppercase(), "event_type": "signup", "client_timestamp": "2026-11-23T14:30:00+02:00", "payload": {"plan": "pro"}, "referrer": "ad"});
+        let out = envelope(0, &e, &facts(None, 1)).expect("valid");
+        let env = &out.envelope;
+        assert_eq!(env["event_ts"], "2026-11-23T12:30:00.000000Z");
+        assert_eq!(env["user_id"], UID);
+        assert_eq!(env["payload"], json!({"plan": "pro", "referrer": "ad"}));
+        assert_eq!(env["source"], "web");
+        assert_eq!(env["trace_id"], "t1");
+        assert_eq!(env["schema_version"], 1);
+        assert_eq!(env["ingested_at"], "2026-11-23T12:00:00.000000Z");
+        assert_eq!(out.idempotency_key.len(), 64);
+    }
+
+    #[test]
+    fn derived_key_collapses_retries_with_another_offset_for_the_same_instant() {
+        let a = json!({"user_id": UID, "event_type": "x", "client_timestamp": "2026-11-23T14:30:00+02:00"});
+        let b =
+            json!({"user_id": UID, "event_type": "x", "client_timestamp": "2026-11-23T12:30:00Z"});
+        let ka = envelope(0, &a, &facts(None, 1)).expect("a").idempotency_key;
+        let kb = envelope(0, &b, &facts(None, 2)).expect("b").idempotency_key;
+        assert_eq!(ka, kb);
+    }
+
+    #[test]
+    fn key_precedence_field_then_header_then_derived() {
+        let with_field = json!({"user_id": UID, "event_type": "x", "client_timestamp": "2026-11-23T12:30:00Z", "idempotency_key": "mine"});
+        assert_eq!(
+            envelope(0, &with_field, &facts(Some("h"), 1))
+                .expect("v")
+                .idempotency_key,
+            "mine"
+        );
+        let plain =
+            json!({"user_id": UID, "event_type": "x", "client_timestamp": "2026-11-23T12:30:00Z"});
+        assert_eq!(
+            envelope(0, &plain, &facts(Some("h"), 1))
+                .expect("v")
+                .idempotency_key,
+            "h"
+        );
+        assert_eq!(
+            envelope(3, &plain, &facts(Some("h"), 5))
+                .expect("v")
+                .idempotency_key,
+            "h:3"
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_with_its_pointer() {
+        let e = json!({"user_id": "nope", "event_type": 5, "client_timestamp": "2026-11-01T01:30:00", "payload": []});
+        let errs = envelope(2, &e, &facts(None, 3)).expect_err("invalid");
+        let ptrs: Vec<_> = errs.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(
+            ptrs,
+            ["/user_id", "/event_type", "/client_timestamp", "/payload"]
+        );
+        assert!(errs.iter().all(|e| e.index == 2));
+        assert!(errs[2].message.contains("explicit offset"));
+    }
+
+    #[test]
+    fn bodies_object_array_ndjson_and_errors() {
+        assert_eq!(parse_body(br#"{"a":1}"#, false, 10).map(|v| v.len()), Ok(1));
+        assert_eq!(
+            parse_body(br#"[{"a":1},{"b":2}]"#, false, 10).map(|v| v.len()),
+            Ok(2)
+        );
+        assert_eq!(
+            parse_body(b"{\"a\":1}\n\n{\"b\":2}\n", true, 10).map(|v| v.len()),
+            Ok(2)
+        );
+        assert_eq!(parse_body(b"[]", false, 10), Err(BodyError::Empty));
+        assert_eq!(
+            parse_body(b"[1,2,3]", false, 2),
+            Err(BodyError::TooMany { max: 2, got: 3 })
+        );
+        assert!(matches!(
+            parse_body(b"{\"a\":", false, 10),
+            Err(BodyError::Json { line: 1, .. })
+        ));
+        assert!(matches!(
+            parse_body(b"{}\n{oops}", true, 10),
+            Err(BodyError::Json { line: 2, .. })
+        ));
+        assert_eq!(
+            parse_body(b"{\"a\":\"\xff\"}", false, 10),
+            Err(BodyError::Utf8 { position: 6 })
+        );
+        assert!(matches!(
+            parse_body(b"42", false, 10),
+            Err(BodyError::Shape(_))
+        ));
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert!(matches!(
+            parse_body(deep.as_bytes(), false, 10),
+            Err(BodyError::Json { .. })
+        ));
+    }
+
+    #[test]
+    fn partition_key_joins_fields() {
+        let env = json!({"user_id": "u", "event_type": "e"});
+        assert_eq!(partition_key(&env, &["user_id".into()]), "u");
+        assert_eq!(
+            partition_key(&env, &["user_id".into(), "event_type".into()]),
+            "u|e"
+        );
+    }
+}

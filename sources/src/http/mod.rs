@@ -1,0 +1,251 @@
+//! `http_source`: authenticated, validated, idempotent HTTP ingest (SPEC §6).
+//!
+//! `POST /v1/events` takes a JSON object, a JSON array of objects or NDJSON
+//! (`application/x-ndjson`), wraps each event in the envelope of SPEC §2 and answers
+//! `202 Accepted` **only after the broker acknowledged every event** of the request.
+//!
+//! | answer | when |
+//! | --- | --- |
+//! | 202 | every event produced and acknowledged; body `{"accepted": n, "idempotency_keys": [...]}` |
+//! | 400 | malformed JSON or UTF-8 (with position), invalid events (each with index, JSON pointer, reason), bad `Idempotency-Key` |
+//! | 401 / 403 | missing or unknown API key / disabled key |
+//! | 408 | the body did not arrive within `body_timeout` |
+//! | 409 | a request with the same `Idempotency-Key` is still in flight |
+//! | 413 | body over `max_body_bytes`, or more than `max_events` events |
+//! | 415 | content type other than JSON / NDJSON |
+//! | 429 | the key's rate limit (with `Retry-After`) |
+//! | 503 | broker unavailable, no acknowledgement within `ack_timeout`, key store unreachable, or shutting down (with `Retry-After`) |
+//!
+//! Invalid events in a batch: `invalid_events: reject_request` (default) refuses the whole
+//! request with 400 and produces nothing; `accept_valid` produces the valid ones and answers 202
+//! with the rejected ones listed under `rejected`.
+
+mod auth;
+mod edge;
+pub mod event;
+mod ratelimit;
+mod redis_conn;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use connector_core::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+pub use auth::{create_key, hash_key, set_disabled};
+
+/// What to do with a request that has some invalid events.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidEvents {
+    /// 400 for the whole request; nothing is produced (default).
+    #[default]
+    RejectRequest,
+    /// Produce the valid events; 202 lists the rejected ones.
+    AcceptValid,
+}
+
+/// A key given in the configuration (use `${VAR}` for the key itself).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StaticKey {
+    /// Name (the events' default `source`).
+    pub name: String,
+    /// The key.
+    pub key: Secret,
+}
+
+/// Settings of an `http_source`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// Listen address.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Default `source` of events when neither the event nor the API key names one
+    /// (default: the API key's name).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Envelope fields whose values, joined with `|`, form the Kafka key (the partition key).
+    #[serde(default = "default_partition_key")]
+    pub partition_key: Vec<String>,
+    /// PostgreSQL URL of the `api_keys` table (keys are looked up there when set).
+    #[serde(default)]
+    pub database_url: Option<Secret>,
+    /// Redis URL: API-key cache and edge idempotency (`Idempotency-Key`).
+    #[serde(default)]
+    pub redis_url: Option<Secret>,
+    /// Keys from the configuration, for simple setups.
+    #[serde(default)]
+    pub static_keys: Vec<StaticKey>,
+    /// Accept requests without a key (name `anonymous`). Off by default.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// How long a key lookup is cached (a disabled key keeps working up to this long).
+    #[serde(default = "default_cache_ttl")]
+    pub auth_cache_ttl: Duration,
+    /// Entries of the in-process key cache used while Redis is down.
+    #[serde(default = "default_lru")]
+    #[schemars(range(min = 1))]
+    pub auth_lru_capacity: usize,
+    /// Requests per second per key when the key has no limit of its own (unset: unlimited).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub default_rate_limit: Option<u32>,
+    /// Largest body accepted (bytes).
+    #[serde(default = "default_max_body")]
+    #[schemars(range(min = 1))]
+    pub max_body_bytes: usize,
+    /// Most events in one request.
+    #[serde(default = "default_max_events")]
+    #[schemars(range(min = 1))]
+    pub max_events: usize,
+    /// Longest wait for the request headers.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// Longest wait for the whole body.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Duration,
+    /// Longest wait for the broker's acknowledgements before answering 503.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: Duration,
+    /// Requests with some invalid events.
+    #[serde(default)]
+    pub invalid_events: InvalidEvents,
+    /// A JSON Schema file every event must also satisfy (on top of the built-in shape).
+    #[serde(default)]
+    pub schema_file: Option<PathBuf>,
+    /// How long an `Idempotency-Key` stays locked while its request is in flight.
+    #[serde(default = "default_lock_ttl")]
+    pub idempotency_lock_ttl: Duration,
+    /// How long a completed request's response is replayed for its `Idempotency-Key`.
+    #[serde(default = "default_response_ttl")]
+    pub idempotency_response_ttl: Duration,
+    /// Apply the migrations (the `api_keys` table) at start-up when `database_url` is set.
+    #[serde(default = "default_true")]
+    pub auto_migrate: bool,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_partition_key() -> Vec<String> {
+    vec!["user_id".into()]
+}
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_lru() -> usize {
+    10_000
+}
+fn default_max_body() -> usize {
+    5 * 1024 * 1024
+}
+fn default_max_events() -> usize {
+    1000
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_lock_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_response_ttl() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Envelope fields that can form the partition key.
+pub const KEY_FIELDS: &[&str] = &[
+    "user_id",
+    "event_type",
+    "source",
+    "idempotency_key",
+    "trace_id",
+];
+
+/// Factory of the HTTP source.
+pub struct HttpSourcePlugin;
+
+#[async_trait]
+impl SourcePlugin for HttpSourcePlugin {
+    const TYPE: &'static str = "http_source";
+    const DESCRIPTION: &'static str =
+        "HTTP ingest: POST /v1/events (JSON, array, NDJSON), API keys, validation, 202 after broker ack";
+    type Config = HttpSourceConfig;
+
+    fn validate(c: &HttpSourceConfig) -> Result<(), Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        if c.listen.parse::<std::net::SocketAddr>().is_err() {
+            issues.push(ConfigIssue::new(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:8080", c.listen),
+            ));
+        }
+        if c.partition_key.is_empty() {
+            issues.push(ConfigIssue::new(
+                "partition_key",
+                "needs at least one field",
+            ));
+        }
+        for (i, f) in c.partition_key.iter().enumerate() {
+            if !KEY_FIELDS.contains(&f.as_str()) {
+                issues.push(ConfigIssue::new(
+                    format!("partition_key.{i}"),
+                    format!("{f:?} is not one of {}", KEY_FIELDS.join(", ")),
+                ));
+            }
+        }
+        if c.database_url.is_none() && c.static_keys.is_empty() && !c.allow_anonymous {
+            issues.push(ConfigIssue::new("", "no way to authenticate: set database_url (api_keys table), static_keys, or allow_anonymous: true"));
+        }
+        for (i, k) in c.static_keys.iter().enumerate() {
+            if k.key.expose().len() < 16 {
+                issues.push(ConfigIssue::new(
+                    format!("static_keys.{i}.key"),
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        if c.ack_timeout.as_std().is_zero() {
+            issues.push(ConfigIssue::new("ack_timeout", "must be more than 0"));
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(issues)
+        }
+    }
+
+    async fn build(
+        config: HttpSourceConfig,
+        ctx: &SourceContext,
+    ) -> Result<Box<dyn Source>, ConnectorError> {
+        let state = server::State::build(config, ctx).await?;
+        Ok(Box::new(HttpSource {
+            state: Arc::new(state),
+        }))
+    }
+}
+
+/// The built source.
+pub struct HttpSource {
+    state: Arc<server::State>,
+}
+
+#[async_trait]
+impl Source for HttpSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<(), ConnectorError> {
+        server::serve(self.state, ctx.shutdown.clone()).await
+    }
+}

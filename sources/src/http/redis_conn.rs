@@ -1,0 +1,82 @@
+//! A lazily (re)connected Redis handle with short timeouts, so that a Redis outage costs a
+//! request milliseconds, not seconds.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// Shared Redis connection that connects on first use and retries at most once a second.
+pub struct RedisConn {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    last_attempt: Mutex<Option<Instant>>,
+    timeout: Duration,
+}
+
+impl RedisConn {
+    /// A handle for `url` (nothing is connected yet).
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            conn: tokio::sync::Mutex::new(None),
+            last_attempt: Mutex::new(None),
+            timeout,
+        })
+    }
+
+    /// A connection, or `None` while Redis is unreachable.
+    pub async fn get(&self) -> Option<ConnectionManager> {
+        let mut g = self.conn.lock().await;
+        if let Some(c) = g.as_ref() {
+            return Some(c.clone());
+        }
+        {
+            let mut last = match self.last_attempt.lock() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return None;
+            }
+            *last = Some(Instant::now());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        match tokio::time::timeout(
+            self.timeout * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => {
+                *g = Some(c.clone());
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis unreachable");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("redis connection timed out");
+                None
+            }
+        }
+    }
+
+    /// Runs `cmd` with the timeout; `None` when Redis is down or slow.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        let mut c = self.get().await?;
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis command failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! The HTTP server of `http_source`: routes, limits, and the accept loop with timeouts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use connector_core::metrics::{Counter, Histogram, Metrics, LATENCY_BUCKETS};
+use connector_core::prelude::*;
+use connector_core::EmitError;
+use http_body_util::{BodyExt, Limited};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Value};
+
+use super::auth::{AuthMetrics, AuthResult, Authenticator};
+use super::edge::{Claim, Edge, Stored};
+use super::event::{envelope, parse_body, partition_key, FieldError, RequestFacts};
+use super::ratelimit::RateLimiter;
+use super::redis_conn::RedisConn;
+use super::{HttpSourceConfig, InvalidEvents};
+
+struct HttpMetrics {
+    base: Metrics,
+    latency: Histogram,
+    accepted: Counter,
+    rejected: Counter,
+    edge_hits: Counter,
+    edge_bypassed: Counter,
+}
+
+/// Everything a request needs.
+pub struct State {
+    config: HttpSourceConfig,
+    name: String,
+    emitter: Arc<dyn Emitter>,
+    output: String,
+    auth: Authenticator,
+    edge: Option<Edge>,
+    limiter: RateLimiter,
+    schema: Option<jsonschema::Validator>,
+    metrics: HttpMetrics,
+    shutdown: Shutdown,
+}
+
+fn permanent(class: &str, msg: impl Into<String>) -> ConnectorError {
+    ConnectorError::permanent(class, msg)
+}
+
+impl State {
+    /// Opens the database pool (lazily), Redis, the schema file; applies migrations.
+    pub async fn build(
+        config: HttpSourceConfig,
+        ctx: &SourceContext,
+    ) -> Result<Self, ConnectorError> {
+        let pool = match &config.database_url {
+            Some(url) => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(2))
+                    .connect_lazy(url.expose())
+                    .map_err(|e| permanent("bad_database_url", e.to_string()))?;
+                if config.auto_migrate {
+                    connectd_migrations::run(&pool)
+                        .await
+                        .map_err(|e| ConnectorError::retriable("migrate", e.to_string()))?;
+                }
+                Some(pool)
+            }
+            None => None,
+        };
+        let redis = match &config.redis_url {
+            Some(url) => Some(Arc::new(
+                RedisConn::new(url.expose(), Duration::from_millis(250))
+                    .map_err(|e| permanent("bad_redis_url", e.to_string()))?,
+            )),
+            None => None,
+        };
+        let schema = match &config.schema_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    permanent(
+                        "schema_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let value: Value = serde_json::from_str(&text).map_err(|e| {
+                    permanent(
+                        "schema_file",
+                        format!("{} is not JSON: {e}", path.display()),
+                    )
+                })?;
+                Some(
+                    jsonschema::options()
+                        .should_validate_formats(true)
+                        .build(&value)
+                        .map_err(|e| {
+                            permanent(
+                                "schema_file",
+                                format!("{} is not a valid JSON Schema: {e}", path.display()),
+                            )
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let m = &ctx.metrics;
+        let auth = Authenticator::new(
+            config
+                .static_keys
+                .iter()
+                .map(|k| (k.name.clone(), k.key.expose().to_string()))
+                .collect(),
+            pool,
+            redis.clone(),
+            config.auth_cache_ttl.as_std(),
+            config.auth_lru_capacity,
+            config.allow_anonymous,
+            AuthMetrics {
+                cache_hits: m.counter(
+                    "connectd_http_auth_cache_hits_total",
+                    "API-key lookups answered by Redis or the in-process cache",
+                ),
+                cache_misses: m.counter(
+                    "connectd_http_auth_cache_misses_total",
+                    "API-key lookups that went to the database",
+                ),
+            },
+        );
+        let edge = redis.map(|r| {
+            Edge::new(
+                r,
+                &ctx.name,
+                config.idempotency_lock_ttl.as_std(),
+                config.idempotency_response_ttl.as_std(),
+            )
+        });
+        Ok(Self {
+            metrics: HttpMetrics {
+                base: m.clone(),
+                latency: m.histogram(
+                    "connectd_http_request_seconds",
+                    "HTTP request latency",
+                    LATENCY_BUCKETS,
+                ),
+                accepted: m.counter(
+                    "connectd_http_events_accepted_total",
+                    "Events acknowledged by the broker and answered 202",
+                ),
+                rejected: m.counter(
+                    "connectd_http_events_rejected_total",
+                    "Events refused as invalid",
+                ),
+                edge_hits: m.counter(
+                    "connectd_http_edge_dedup_hits_total",
+                    "Requests answered from the Idempotency-Key store (replay or 409)",
+                ),
+                edge_bypassed: m.counter(
+                    "connectd_http_edge_dedup_bypassed_total",
+                    "Requests with Idempotency-Key handled without the store (Redis down)",
+                ),
+            },
+            name: ctx.name.clone(),
+            emitter: ctx.emitter.clone(),
+            output: ctx.output_topic.clone(),
+            auth,
+            edge,
+            limiter: RateLimiter::default(),
+            schema,
+            shutdown: ctx.shutdown.clone(),
+            config,
+        })
+    }
+
+    fn count(&self, route: &str, status: StatusCode) {
+        self.metrics
+            .base
+            .with_label("route", route)
+            .with_label("status", status.as_str())
+            .counter(
+                "connectd_http_requests_total",
+                "HTTP requests by route and status",
+            )
+            .inc();
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    json_response(
+        status,
+        json!({"error": code, "message": message.into()}).to_string(),
+    )
+}
+
+fn retry_after(mut r: Response, secs: u64) -> Response {
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
+}
+
+fn presented_key(h: &HeaderMap) -> Option<String> {
+    if let Some(v) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").map(|k| k.trim().to_string()))
+}
+
+fn trace_id(h: &HeaderMap) -> String {
+    // W3C traceparent: 00-<trace id>-<span id>-<flags>
+    if let Some(tp) = h.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = tp.split('-').collect();
+        if parts.len() == 4
+            && parts[1].len() == 32
+            && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return parts[1].to_ascii_lowercase();
+        }
+    }
+    if let Some(t) = h.get("x-trace-id").and_then(|v| v.to_str().ok()) {
+        if !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic()) {
+            return t.to_string();
+        }
+    }
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+async fn events(AxState(s): AxState<Arc<State>>, req: Request) -> Response {
+    let started = Instant::now();
+    let response = handle_events(&s, req).await;
+    s.metrics.latency.observe(started.elapsed().as_secs_f64());
+    s.count("/v1/events", response.status());
+    response
+}
+
+async fn handle_events(s: &State, req: Request) -> Response {
+    if s.shutdown.is_triggered() {
+        return retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down; retry",
+            ),
+            1,
+        );
+    }
+    let headers = req.headers().clone();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let ndjson = match mime.as_str() {
+        "application/json" => false,
+        "application/x-ndjson" | "application/ndjson" => true,
+        other => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("content type {other:?} is not accepted; use application/json or application/x-ndjson"),
+            )
+        }
+    };
+    // Authentication.
+    let key_info = match s.auth.check(presented_key(&headers).as_deref()).await {
+        AuthResult::Ok(i) => i,
+        AuthResult::Missing => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "send the key in x-api-key or Authorization: Bearer",
+            )
+        }
+        AuthResult::Unknown => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "unknown API key",
+            )
+        }
+        AuthResult::Disabled(_) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "api_key_disabled",
+                "this API key is disabled",
+            )
+        }
+        AuthResult::Unavailable => {
+            return retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "auth_unavailable",
+                    "the key store is unreachable; retry",
+                ),
+                2,
+            )
+        }
+    };
+    if let Some(rate) = key_info.rate_limit.or(s.config.default_rate_limit) {
+        if let Err(wait) = s.limiter.check(&key_info.name, rate) {
+            return retry_after(
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("more than {rate} requests per second for this key"),
+                ),
+                wait.as_secs_f64().ceil() as u64,
+            );
+        }
+    }
+    let idem_header = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+                Some(k.to_string())
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 200 visible ASCII characters",
+                )
+            }
+        },
+    };
+    // Body, bounded in size and time.
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > s.config.max_body_bytes {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "body of {len} bytes; at most {} allowed",
+                    s.config.max_body_bytes
+                ),
+            );
+        }
+    }
+    let body = Limited::new(req.into_body(), s.config.max_body_bytes);
+    let bytes = match tokio::time::timeout(s.config.body_timeout.as_std(), body.collect()).await {
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive in time",
+            )
+        }
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("body over {} bytes", s.config.max_body_bytes),
+                );
+            }
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body_error",
+                format!("cannot read the body: {e}"),
+            );
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    // Edge idempotency.
+    let claimed = match (&s.edge, &idem_header) {
+        (Some(edge), Some(k)) => match edge.claim(&key_info.name, k).await {
+            Claim::Claimed => true,
+            Claim::InFlight => {
+                s.metrics.edge_hits.inc();
+                return error(
+                    StatusCode::CONFLICT,
+                    "request_in_flight",
+                    "a request with this Idempotency-Key is still being handled",
+                );
+            }
+            Claim::Replay(stored) => {
+                s.metrics.edge_hits.inc();
+                let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+                let mut r = json_response(status, stored.body);
+                r.headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return r;
+            }
+            Claim::Bypassed => {
+                s.metrics.edge_bypassed.inc();
+                tracing::warn!(connector = %s.name, "redis unavailable: Idempotency-Key handled without the edge store");
+                false
+            }
+        },
+        _ => false,
+    };
+    let (status, body) = ingest(
+        s,
+        &bytes,
+        ndjson,
+        &key_info.name,
+        idem_header.as_deref(),
+        &headers,
+    )
+    .await;
+    if claimed {
+        if let (Some(edge), Some(k)) = (&s.edge, &idem_header) {
+            edge.finish(
+                &key_info.name,
+                k,
+                &Stored {
+                    status: status.as_u16(),
+                    body: body.clone(),
+                },
+            )
+            .await;
+        }
+    }
+    let r = json_response(status, body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return retry_after(r, 1);
+    }
+    r
+}
+
+/// Parses, validates, produces; returns the status and JSON body.
+async fn ingest(
+    s: &State,
+    bytes: &[u8],
+    ndjson: bool,
+    principal: &str,
+    idem: Option<&str>,
+    headers: &HeaderMap,
+) -> (StatusCode, String) {
+    let body_err = |status: StatusCode, code: &str, message: String| {
+        (
+            status,
+            json!({"error": code, "message": message}).to_string(),
+        )
+    };
+    let events = match parse_body(bytes, ndjson, s.config.max_events) {
+        Ok(e) => e,
+        Err(e @ super::event::BodyError::TooMany { .. }) => {
+            return body_err(StatusCode::PAYLOAD_TOO_LARGE, e.code(), e.message())
+        }
+        Err(e) => return body_err(StatusCode::BAD_REQUEST, e.code(), e.message()),
+    };
+    let trace = trace_id(headers);
+    let source = s
+        .config
+        .source
+        .clone()
+        .unwrap_or_else(|| principal.to_string());
+    let facts = RequestFacts {
+        source: &source,
+        header_key: idem,
+        count: events.len(),
+        trace_id: &trace,
+        now: chrono::Utc::now(),
+    };
+    let mut good = Vec::with_capacity(events.len());
+    let mut bad: Vec<FieldError> = Vec::new();
+    for (i, ev) in events.iter().enumerate() {
+        let mut errs = Vec::new();
+        if let Some(schema) = &s.schema {
+            for e in schema.iter_errors(ev) {
+                errs.push(FieldError {
+                    index: i,
+                    pointer: e.instance_path().as_str().to_string(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        match envelope(i, ev, &facts) {
+            Ok(env) if errs.is_empty() => good.push(env),
+            Ok(_) => bad.extend(errs),
+            Err(mut e) => {
+                e.extend(errs);
+                bad.extend(e);
+            }
+        }
+    }
+    let n_bad_events = {
+        let mut idx: Vec<usize> = bad.iter().map(|e| e.index).collect();
+        idx.dedup();
+        idx.len()
+    };
+    if !bad.is_empty() {
+        s.metrics.rejected.add(n_bad_events as u64);
+        if s.config.invalid_events == InvalidEvents::RejectRequest || good.is_empty() {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_events", "message": format!("{n_bad_events} of {} events are invalid; nothing was accepted", events.len()), "errors": bad}).to_string(),
+            );
+        }
+    }
+    let outputs: Vec<Output> = good
+        .iter()
+        .map(|e| {
+            let key = partition_key(&e.envelope, &s.config.partition_key);
+            Output::new(Record::new(e.envelope.to_string()).with_key(key))
+        })
+        .collect();
+    let n = outputs.len();
+    match tokio::time::timeout(s.config.ack_timeout.as_std(), s.emitter.emit(outputs)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let (code, msg) = match e {
+                EmitError::ShuttingDown => ("shutting_down", "the server is shutting down; retry".to_string()),
+                EmitError::QueueFull => ("overloaded", "the producer queue is full; retry".to_string()),
+                EmitError::Unavailable(m) => ("broker_unavailable", format!("the broker did not acknowledge: {m}")),
+                EmitError::Rejected(m) => ("broker_rejected", format!("the broker rejected the events: {m}")),
+            };
+            tracing::warn!(connector = %s.name, topic = %s.output, error = %msg, "events not acknowledged");
+            return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": code, "message": msg}).to_string());
+        }
+        Err(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "broker_timeout", "message": "the broker did not acknowledge in time; retry (the request is idempotent)"}).to_string(),
+            )
+        }
+    }
+    s.metrics.accepted.add(n as u64);
+    let keys: Vec<&str> = good.iter().map(|e| e.idempotency_key.as_str()).collect();
+    let mut body = json!({"accepted": n, "idempotency_keys": keys});
+    if !bad.is_empty() {
+        body["rejected"] = json!(bad);
+    }
+    (StatusCode::ACCEPTED, body.to_string())
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, json!({"status": "ok"}).to_string())
+}
+
+async fn readyz(AxState(s): AxState<Arc<State>>) -> Response {
+    if !s.shutdown.is_triggered() && s.emitter.ready().await {
+        json_response(StatusCode::OK, json!({"status": "ready"}).to_string())
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not ready", "reason": "broker unreachable or shutting down"})
+                .to_string(),
+        )
+    }
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; POST /v1/events",
+    )
+}
+
+/// The router (exposed for tests).
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/v1/events", post(events))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Accepts connections until shutdown; then stops accepting and lets requests in flight finish.
+pub async fn serve(state: Arc<State>, mut shutdown: Shutdown) -> Result<(), ConnectorError> {
+    let listener = tokio::net::TcpListener::bind(&state.config.listen)
+        .await
+        .map_err(|e| {
+            ConnectorError::retriable(
+                "bind",
+                format!("cannot listen on {}: {e}", state.config.listen),
+            )
+        })?;
+    tracing::info!(connector = %state.name, addr = %state.config.listen, "http_source listening");
+    let header_timeout = state.config.header_timeout.as_std();
+    let app = router(state.clone());
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let mut sd = shutdown.clone();
+                conns.spawn(async move {
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => { let _ = r; }
+                        _ = sd.wait() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                        }
+                    }
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        }
+    }
+    let drain = async { while conns.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(15), drain).await;
+    tracing::info!(connector = %state.name, "http_source stopped");
+    Ok(())
+}
