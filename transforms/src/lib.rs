@@ -2,13 +2,17 @@
 //!
 //! * [`forward`] — copies records from one topic to another, optionally filtering and renaming
 //!   headers.
+//! * [`redis_dedup`] — drops records whose idempotency key was seen within a window.
 #![warn(missing_docs)]
 
 pub mod forward;
+pub mod redis_dedup;
 
 use connector_core::Registry;
 
 /// Adds every built-in transform to `registry`.
 pub fn register_all(registry: &mut Registry) -> &mut Registry {
-    registry.register_transform::<forward::ForwardPlugin>()
+    registry
+        .register_transform::<forward::ForwardPlugin>()
+        .register_transform::<redis_dedup::RedisDedupPlugin>()
 }

@@ -513,3 +513,67 @@ pub fn wait_port(addr: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Produces `values` to `topic` on another broker.
+pub async fn produce_to(brokers: &str, topic: &str, values: &[String]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for chunk in values.chunks(5000) {
+        let futs = chunk.iter().enumerate().map(|(i, v)| {
+            let key = format!("k{i}");
+            let producer = &producer;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(&key).payload(v),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("acked")
+            }
+        });
+        futures::future::join_all(futs).await;
+    }
+}
+
+/// Reads values of `topic` on another broker until `expected` distinct values or the timeout.
+pub async fn read_from(
+    brokers: &str,
+    topic: &str,
+    expected_distinct: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    let brokers = brokers.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .expect("consumer");
+        let start = Instant::now();
+        let mut out = Vec::new();
+        let mut distinct = std::collections::HashSet::new();
+        // The topic may not exist until connectd created it.
+        while c.subscribe(&[&topic]).is_err() && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        while distinct.len() < expected_distinct && start.elapsed() < timeout {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                distinct.insert(v.clone());
+                out.push(v);
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader")
+}

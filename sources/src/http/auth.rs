@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use super::redis_conn::RedisConn;
+use connectd_redis::RedisConn;
 
 /// What is known about a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

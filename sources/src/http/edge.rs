@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::redis_conn::RedisConn;
+use connectd_redis::RedisConn;
 
 /// A stored response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,6 @@ mod auth;
 mod edge;
 pub mod event;
 mod ratelimit;
-mod redis_conn;
 mod server;
 
 use std::path::PathBuf;

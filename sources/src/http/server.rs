@@ -19,8 +19,8 @@ use super::auth::{AuthMetrics, AuthResult, Authenticator};
 use super::edge::{Claim, Edge, Stored};
 use super::event::{envelope, parse_body, partition_key, FieldError, RequestFacts};
 use super::ratelimit::RateLimiter;
-use super::redis_conn::RedisConn;
 use super::{HttpSourceConfig, InvalidEvents};
+use connectd_redis::RedisConn;
 
 struct HttpMetrics {
     base: Metrics,

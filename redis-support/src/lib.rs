@@ -1,3 +1,6 @@
+#![warn(missing_docs)]
+//! Shared by the built-in connectors that use Redis (`http_source`, `redis_dedup`).
+//!
 //! A lazily (re)connected Redis handle with short timeouts, so that a Redis outage costs a
 //! request milliseconds, not seconds.
 
@@ -5,6 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use redis;
 
 /// Shared Redis connection that connects on first use and retries at most once a second.
 pub struct RedisConn {
@@ -77,6 +82,61 @@ impl RedisConn {
                 None
             }
             Err(_) => None,
+        }
+    }
+}
+
+/// Why a Redis call did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisCallError {
+    /// Not connected, or no answer within the timeout.
+    #[error("redis unavailable")]
+    Unavailable,
+    /// Redis answered with an error.
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl RedisConn {
+    /// Runs a pipeline with the timeout.
+    pub async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisCallError> {
+        let mut c = self.get().await.ok_or(RedisCallError::Unavailable)?;
+        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e))
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal() =>
+            {
+                Err(RedisCallError::Unavailable)
+            }
+            Ok(Err(e)) => Err(RedisCallError::Redis(e)),
+            Err(_) => Err(RedisCallError::Unavailable),
+        }
+    }
+
+    /// Runs one command with the timeout, telling errors apart.
+    pub async fn call<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisCallError> {
+        let mut c = self.get().await.ok_or(RedisCallError::Unavailable)?;
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e))
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal() =>
+            {
+                Err(RedisCallError::Unavailable)
+            }
+            Ok(Err(e)) => Err(RedisCallError::Redis(e)),
+            Err(_) => Err(RedisCallError::Unavailable),
         }
     }
 }
