@@ -2,13 +2,17 @@
 //!
 //! * [`file`] — `file_sink`: JSON lines in a local file, fsynced per batch, idempotent under
 //!   redelivery.
+//! * [`postgres`] — `postgres_sink`: idempotent set-based writes with poison isolation.
 #![warn(missing_docs)]
 
 pub mod file;
+pub mod postgres;
 
 use connector_core::Registry;
 
 /// Adds every built-in sink to `registry`.
 pub fn register_all(registry: &mut Registry) -> &mut Registry {
-    registry.register_sink::<file::FileSinkPlugin>()
+    registry
+        .register_sink::<file::FileSinkPlugin>()
+        .register_sink::<postgres::PostgresSinkPlugin>()
 }

@@ -18,13 +18,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use connector_core::{Record, Shutdown};
+use connector_core::{Record, Shutdown, Sink, TopicPartition};
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio::sync::{mpsc, Notify};
 
@@ -112,6 +113,7 @@ struct RunnerContext {
     shared: Arc<Shared>,
     handle: ConnectorHandle,
     revoke_wait: Duration,
+    offset_store: Option<Arc<tokio::sync::Mutex<Box<dyn Sink>>>>,
 }
 
 impl ClientContext for RunnerContext {
@@ -178,37 +180,126 @@ impl RunnerContext {
     }
 }
 
-impl ConsumerContext for RunnerContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            // The callback runs inside the runner task's poll; waiting for the workers (other
-            // tasks) needs this thread to step out of the async scheduler.
-            let multi = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            if multi {
-                tokio::task::block_in_place(|| self.revoke(consumer, tpl));
-            } else {
-                self.revoke(consumer, tpl);
+impl RunnerContext {
+    fn assign(&self, tpl: &mut TopicPartitionList) {
+        if let Some(store) = &self.offset_store {
+            let parts: Vec<TopicPartition> = tpl
+                .elements()
+                .iter()
+                .map(|e| TopicPartition {
+                    topic: e.topic().to_string(),
+                    partition: e.partition(),
+                })
+                .collect();
+            let store = store.clone();
+            let stored =
+                run_blocking(async move { store.lock().await.stored_offsets(&parts).await });
+            match stored {
+                Some(Ok(Some(map))) => {
+                    for (tp, offset) in map {
+                        if let Err(e) = tpl.set_partition_offset(
+                            &tp.topic,
+                            tp.partition,
+                            Offset::Offset(offset),
+                        ) {
+                            tracing::warn!(connector = %self.handle.name, error = %e, "cannot seek to the stored offset");
+                        } else {
+                            tracing::info!(connector = %self.handle.name, topic = %tp.topic, partition = tp.partition, offset, "resuming from the sink's stored offset");
+                        }
+                    }
+                }
+                Some(Ok(None)) => {}
+                // The sink skips records below its stored offsets anyway; resuming from the
+                // group's committed offsets is safe, only slower.
+                Some(Err(e)) => {
+                    tracing::warn!(connector = %self.handle.name, error = %e, "cannot read the sink's stored offsets")
+                }
+                None => {
+                    tracing::warn!(connector = %self.handle.name, "cannot read the sink's stored offsets outside a multi-threaded runtime")
+                }
             }
         }
+        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut g = self.shared.lock();
+        for e in tpl.elements() {
+            g.insert(
+                (Arc::from(e.topic()), e.partition()),
+                PartState {
+                    tracker: PartitionTracker::default(),
+                    generation,
+                },
+            );
+        }
+        drop(g);
+        self.shared.wake.notify_one();
+        tracing::info!(connector = %self.handle.name, partitions = tpl.count(), generation, "partitions assigned");
     }
+}
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-            let mut g = self.shared.lock();
-            for e in tpl.elements() {
-                g.insert(
-                    (Arc::from(e.topic()), e.partition()),
-                    PartState {
-                        tracker: PartitionTracker::default(),
-                        generation,
-                    },
-                );
+/// Runs `fut` to completion from a synchronous callback inside the multi-threaded runtime.
+fn run_blocking<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return None;
+    }
+    Some(tokio::task::block_in_place(|| handle.block_on(fut)))
+}
+
+fn in_blocking(f: impl FnOnce()) {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f);
+    } else {
+        f();
+    }
+}
+
+impl ConsumerContext for RunnerContext {
+    /// Replaces rdkafka's default handler so that assignments can start at offsets stored by an
+    /// exactly-once sink, and revocations wait for in-flight batches (see the module docs).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(tpl);
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    tracing::error!(connector = %self.handle.name, error = %e, "assign failed");
+                }
             }
-            drop(g);
-            self.shared.wake.notify_one();
-            tracing::info!(connector = %self.handle.name, partitions = tpl.count(), generation, "partitions assigned");
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // The callback runs inside the runner task's poll; waiting for the workers (other
+                // tasks) needs this thread to step out of the async scheduler.
+                in_blocking(|| self.revoke(consumer, tpl));
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    tracing::error!(connector = %self.handle.name, error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(connector = %self.handle.name, error = ?other, "rebalance error");
+                in_blocking(|| self.revoke(consumer, tpl));
+                let _ = consumer.unassign();
+            }
         }
     }
 }
@@ -252,6 +343,8 @@ pub struct RunnerParams {
     pub shutdown: Shutdown,
     /// Shutdown deadline for in-flight work.
     pub shutdown_timeout: Duration,
+    /// A sink instance that answers `stored_offsets` (exactly-once sinks).
+    pub offset_store: Option<Box<dyn Sink>>,
 }
 
 /// Runs until shutdown (Ok) or until a slot reports an error.
@@ -265,6 +358,7 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
         handle,
         mut shutdown,
         shutdown_timeout,
+        offset_store,
     } = params;
     let group = settings.group(&name);
     let shared = Arc::new(Shared {
@@ -277,6 +371,7 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
         shared: shared.clone(),
         handle: handle.clone(),
         revoke_wait: shutdown_timeout.min(Duration::from_secs(30)),
+        offset_store: offset_store.map(|s| Arc::new(tokio::sync::Mutex::new(s))),
     };
     let consumer: StreamConsumer<RunnerContext> =
         consumer_config(&kafka, &group, settings.start_from == StartFrom::Earliest)

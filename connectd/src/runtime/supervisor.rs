@@ -155,6 +155,27 @@ async fn run_once(
                 };
                 instances.push(instance);
             }
+            // Exactly-once sinks answer stored_offsets with Some: give the runner its own
+            // instance to ask on every assignment.
+            let mut offset_store = None;
+            if kind == ConnectorKind::Sink {
+                let ctx = SinkContext {
+                    name: spec.name.clone(),
+                    group_id: consumer.group(&spec.name),
+                    metrics: metrics.clone(),
+                    shutdown: env.shutdown.clone(),
+                };
+                if let Instance::Sink(first) = &mut instances[0] {
+                    if matches!(first.stored_offsets(&[]).await, Ok(Some(_))) {
+                        offset_store = Some(
+                            spec.plugin
+                                .build_sink(spec.config.clone(), ctx)
+                                .await
+                                .map_err(build_err)?,
+                        );
+                    }
+                }
+            }
             let worker_env = Arc::new(WorkerEnv {
                 name: spec.name.clone(),
                 dlq_topic: consumer.dlq_topic.clone(),
@@ -176,6 +197,7 @@ async fn run_once(
                 handle: handle.clone(),
                 shutdown: env.shutdown.clone(),
                 shutdown_timeout: env.shutdown_timeout,
+                offset_store,
             })
             .await
         }

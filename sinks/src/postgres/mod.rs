@@ -1,0 +1,235 @@
+//! `postgres_sink`: idempotent, set-based, poison-isolating writes into PostgreSQL or
+//! TimescaleDB, with an exactly-once option (SPEC §8).
+//!
+//! * **Set-based**: a batch is one `INSERT … SELECT … FROM unnest($1::text[], …)` statement,
+//!   values bound as text arrays and cast to each column's type in SQL — never one statement
+//!   per row.
+//! * **Idempotent**: `mode: insert_ignore` (default) adds `ON CONFLICT (<conflict>) DO NOTHING`,
+//!   `mode: upsert` `DO UPDATE SET` every non-key column (a batch keeps the last record of each
+//!   key). Redelivered records are skipped (counted as duplicates).
+//! * **Poison isolation**: a batch that fails for a data reason (SQLSTATE class 22, 23 or 54:
+//!   bad UUID, value too long, constraint, invalid JSON…) is split in halves until the bad rows
+//!   stand alone; they go to the dead-letter topic with their SQLSTATE and message, every other
+//!   row is written.
+//! * **Transient errors** (08, 40001, 40P01, 53, 57, connection loss, pool timeout) are retried by
+//!   the runtime with backoff; consumption of the partitions pauses meanwhile.
+//! * **Exactly-once** (`exactly_once: true`): the batch's rows and the next offsets of its
+//!   partitions are written in one transaction to `connectd_offsets`; on assignment the runtime
+//!   seeks to the stored offsets, and records below them are skipped. Works for tables without a
+//!   unique key (`conflict: []`). Caveat: a poison record's offset is stored with its batch; if
+//!   the process dies before the dead-letter produce is acknowledged, that dead letter is not
+//!   re-sent (the record itself could never be stored).
+//!
+//! Identifiers (table, columns, conflict keys) are validated (`[A-Za-z_][A-Za-z0-9_]*`) and
+//! quoted; values are always bound parameters.
+
+pub mod mapping;
+pub mod sink;
+pub mod sql;
+
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+use connector_core::metrics::LATENCY_BUCKETS;
+use connector_core::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use self::mapping::{envelope_columns, ColumnSpec, META};
+use self::sink::{PostgresSink, SinkMetrics};
+use self::sql::{insert_unnest, valid_ident, valid_table, Conflict};
+
+/// Conflict handling.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `ON CONFLICT DO NOTHING`: the first copy of a key wins (default).
+    #[default]
+    InsertIgnore,
+    /// `ON CONFLICT DO UPDATE`: the last copy of a key wins.
+    Upsert,
+}
+
+/// Settings of a `postgres_sink`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// PostgreSQL URL.
+    pub database_url: Secret,
+    /// Table, optionally schema-qualified.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Column → source and type. Default: the event envelope of `http_source`.
+    #[serde(default)]
+    pub columns: Option<BTreeMap<String, ColumnSpec>>,
+    /// Key columns of the conflict target (a unique index must exist). Empty: plain INSERT
+    /// (only with `exactly_once: true`).
+    #[serde(default = "default_conflict")]
+    pub conflict: Vec<String>,
+    /// `insert_ignore` or `upsert`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Connections in the pool (each batch slot uses one at a time).
+    #[serde(default = "default_pool")]
+    #[schemars(range(min = 1, max = 100))]
+    pub pool_size: u32,
+    /// Apply the migrations (events table, dead_letters, offsets) at start-up.
+    #[serde(default = "default_true")]
+    pub auto_migrate: bool,
+    /// Store offsets with the rows in one transaction.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// Longest a statement may run before it is cancelled (and retried).
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout: Duration,
+}
+
+fn default_table() -> String {
+    "growth_events".into()
+}
+fn default_conflict() -> Vec<String> {
+    vec!["idempotency_key".into(), "event_ts".into()]
+}
+fn default_pool() -> u32 {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl PostgresSinkConfig {
+    fn columns(&self) -> Vec<(String, ColumnSpec)> {
+        self.columns
+            .clone()
+            .unwrap_or_else(envelope_columns)
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Factory of [`PostgresSink`].
+pub struct PostgresSinkPlugin;
+
+#[async_trait]
+impl SinkPlugin for PostgresSinkPlugin {
+    const TYPE: &'static str = "postgres_sink";
+    const DESCRIPTION: &'static str = "Idempotent set-based writes into PostgreSQL/TimescaleDB with poison isolation and exactly-once option";
+    type Config = PostgresSinkConfig;
+
+    fn validate(c: &PostgresSinkConfig) -> Result<(), Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        if !valid_table(&c.table) {
+            issues.push(ConfigIssue::new("table", format!("{:?} is not a valid table name ([A-Za-z_][A-Za-z0-9_]*, optionally schema.table)", c.table)));
+        }
+        let cols = c.columns();
+        if cols.is_empty() {
+            issues.push(ConfigIssue::new("columns", "needs at least one column"));
+        }
+        for (name, spec) in &cols {
+            if !valid_ident(name) {
+                issues.push(ConfigIssue::new(
+                    format!("columns.{name}"),
+                    "is not a valid column name ([A-Za-z_][A-Za-z0-9_]*)",
+                ));
+            }
+            if !(spec.from.starts_with('/') || META.contains(&spec.from.as_str())) {
+                issues.push(ConfigIssue::new(
+                    format!("columns.{name}.from"),
+                    format!(
+                        "must be a JSON pointer (/field) or one of {}",
+                        META.join(", ")
+                    ),
+                ));
+            }
+        }
+        for (i, k) in c.conflict.iter().enumerate() {
+            if !cols.iter().any(|(n, _)| n == k) {
+                issues.push(ConfigIssue::new(
+                    format!("conflict.{i}"),
+                    format!("{k:?} is not one of the columns"),
+                ));
+            }
+        }
+        if c.conflict.is_empty() && !c.exactly_once {
+            issues.push(ConfigIssue::new("conflict", "without conflict keys a redelivered record would be stored twice; name the key columns or set exactly_once: true"));
+        }
+        if c.mode == Mode::Upsert && c.conflict.is_empty() {
+            issues.push(ConfigIssue::new("mode", "upsert needs conflict keys"));
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(issues)
+        }
+    }
+
+    async fn build(
+        config: PostgresSinkConfig,
+        ctx: SinkContext,
+    ) -> Result<Box<dyn Sink>, ConnectorError> {
+        let timeout_ms = config.statement_timeout.as_std().as_millis();
+        let options: sqlx::postgres::PgConnectOptions = config
+            .database_url
+            .expose()
+            .parse()
+            .map_err(|e: sqlx::Error| {
+                ConnectorError::permanent("bad_database_url", e.to_string())
+            })?;
+        let options = options.options([("statement_timeout", timeout_ms.to_string())]);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(config.pool_size)
+            .acquire_timeout(StdDuration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|e| ConnectorError::retriable("db_unavailable", e.to_string()))?;
+        if config.auto_migrate {
+            connectd_migrations::run(&pool)
+                .await
+                .map_err(|e| ConnectorError::retriable("migrate", e.to_string()))?;
+        }
+        let columns = config.columns();
+        let conflict = match (config.conflict.is_empty(), config.mode) {
+            (true, _) => Conflict::None,
+            (false, Mode::InsertIgnore) => Conflict::Ignore,
+            (false, Mode::Upsert) => Conflict::Update,
+        };
+        let sql = insert_unnest(&config.table, &columns, &config.conflict, conflict);
+        let m = &ctx.metrics;
+        Ok(Box::new(PostgresSink {
+            pool,
+            sql,
+            keys: config.conflict.clone(),
+            conflict,
+            columns,
+            exactly_once: config.exactly_once,
+            group_id: ctx.group_id.clone(),
+            table: config.table.clone(),
+            metrics: SinkMetrics {
+                inserted: m.counter(
+                    "connectd_pg_rows_inserted_total",
+                    "Rows inserted or updated",
+                ),
+                duplicates: m.counter(
+                    "connectd_pg_rows_duplicate_total",
+                    "Rows skipped because their key was already stored",
+                ),
+                latency: m.histogram(
+                    "connectd_pg_write_seconds",
+                    "Batch write latency",
+                    LATENCY_BUCKETS,
+                ),
+                splits: m.counter(
+                    "connectd_pg_bisection_splits_total",
+                    "Batch splits to isolate bad rows",
+                ),
+                already_stored: m.counter(
+                    "connectd_pg_already_stored_total",
+                    "Records skipped in exactly-once mode (offset already stored)",
+                ),
+            },
+        }))
+    }
+}
