@@ -73,6 +73,15 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// Inspect and replay dead letters stored by dlq_sink.
+    Dlq {
+        /// PostgreSQL URL.
+        #[arg(long, env = "DATABASE_URL", global = true)]
+        database_url: Option<String>,
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::dlq::DlqAction,
+    },
     /// Manage http_source API keys (stored as SHA-256 hashes in `api_keys`).
     Keys {
         /// PostgreSQL URL.
@@ -259,22 +268,43 @@ pub fn run_command(command: Command, registry: Registry) -> u8 {
             }
             EXIT_OK
         }
-        Command::Migrate { database_url } => block_on(async move {
-            let pool = match connect(&database_url).await {
-                Ok(p) => p,
-                Err(code) => return code,
-            };
-            match connectd_migrations::run(&pool).await {
-                Ok(()) => {
-                    println!("migrations applied");
-                    EXIT_OK
+        Command::Migrate { database_url } => {
+            block_on(async move {
+                let pool = match connect(&database_url).await {
+                    Ok(p) => p,
+                    Err(code) => return code,
+                };
+                match connectd_migrations::run(&pool).await {
+                    Ok(ts) => {
+                        println!("migrations applied; TimescaleDB: {}", match ts {
+                        connectd_migrations::Timescale::NotAvailable => "not available (plain PostgreSQL schema)".to_string(),
+                        connectd_migrations::Timescale::Enabled => "hypertable, compression and daily_active_users aggregate in place".to_string(),
+                        connectd_migrations::Timescale::Failed(e) => format!("available but not enabled: {e}"),
+                    });
+                        EXIT_OK
+                    }
+                    Err(e) => {
+                        eprintln!("error: migrations failed: {e}");
+                        EXIT_RUNTIME
+                    }
                 }
-                Err(e) => {
-                    eprintln!("error: migrations failed: {e}");
-                    EXIT_RUNTIME
+            })
+        }
+        Command::Dlq {
+            database_url,
+            action,
+        } => match database_url {
+            Some(url) => block_on(async move {
+                match connect(&url).await {
+                    Ok(pool) => crate::dlq::run(&pool, action).await,
+                    Err(code) => code,
                 }
+            }),
+            None => {
+                eprintln!("error: set DATABASE_URL or pass --database-url");
+                EXIT_USAGE
             }
-        }),
+        },
         Command::Keys {
             database_url,
             action,

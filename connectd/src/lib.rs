@@ -21,6 +21,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod runtime;
 
 use connector_core::Registry;

@@ -577,3 +577,169 @@ pub async fn read_from(
     .await
     .expect("reader")
 }
+
+/// Envelope events as http_source writes them.
+pub fn envelopes(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "idempotency_key": format!("{prefix}-{i}"),
+                "trace_id": "t",
+                "schema_version": 1,
+                "source": "test",
+                "event_type": if i % 3 == 0 { "signup" } else { "page_view" },
+                "user_id": uuid::Uuid::from_u128(i as u128 % 1000 + 1).to_string(),
+                "event_ts": format!("2026-11-{:02}T{:02}:00:00Z", 1 + i % 20, i % 24),
+                "payload": {"i": i},
+                "ingested_at": "2026-11-23T12:00:00Z"
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+pub async fn pg() -> sqlx::PgPool {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&database_url())
+        .await
+        .expect("postgres");
+    connectd_migrations::run(&pool).await.expect("migrations");
+    pool
+}
+
+/// A private PostgreSQL cluster (own data directory and port), for tests that stop it.
+pub struct PrivatePg {
+    pub dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+fn as_postgres(cmd: &Path) -> Command {
+    if unsafe_is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl PrivatePg {
+    pub fn start_new() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("postgresql installed")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb");
+        let dir = PathBuf::from(format!("/var/tmp/connectd-pgtest-{}", unique("pg")));
+        std::fs::create_dir_all(&dir).expect("dir");
+        if unsafe_is_root() {
+            assert!(Command::new("chown")
+                .args(["postgres:", &dir.display().to_string()])
+                .status()
+                .expect("chown")
+                .success());
+        }
+        let st = as_postgres(&bin.join("initdb"))
+            .args([
+                "-D",
+                &dir.display().to_string(),
+                "-U",
+                "connectd",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(st.success(), "initdb failed");
+        let pg = PrivatePg {
+            dir,
+            port: free_port(),
+            bin,
+        };
+        pg.start();
+        let st = as_postgres(&pg.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "connectd",
+                "connectd",
+            ])
+            .status()
+            .expect("createdb");
+        assert!(st.success());
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://connectd@127.0.0.1:{}/connectd", self.port)
+    }
+
+    pub fn start(&self) {
+        let st = as_postgres(&self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                &self.dir.display().to_string(),
+                "-w",
+                "-l",
+                &self.dir.join("log").display().to_string(),
+                "-o",
+            ])
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.display()
+            ))
+            .arg("start")
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl start");
+        assert!(st.success(), "pg_ctl start failed");
+    }
+
+    pub fn stop(&self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                &self.dir.display().to_string(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn connectd_cmd(args: &[&str], envs: &[(&str, String)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_connectd"));
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("connectd")
+}
