@@ -62,6 +62,7 @@ install_all() {
   pg_bindir >/dev/null || pkgs+=(postgresql postgresql-contrib)
   command -v redis-server >/dev/null || pkgs+=(redis-server)
   command -v psql >/dev/null || pkgs+=(postgresql-client)
+  command -v curl >/dev/null || pkgs+=(curl ca-certificates)
   command -v python3 >/dev/null || pkgs+=(python3 python3-venv)
   # librdkafka (bundled by the rdkafka crate) and sqlx build with these.
   command -v make >/dev/null || pkgs+=(make)
