@@ -29,7 +29,8 @@
 //! commits the Kafka offset of a record only once every record before it in its partition has a
 //! final outcome, so a sink that answers early can lose data on a crash. Records may be delivered
 //! again after a crash or rebalance (at-least-once), so a sink's write must be idempotent — keyed
-//! by the record's idempotency key or its [`Origin`].
+//! by the record's idempotency key or its [`Origin`]. The compliance harness
+//! (feature `testing`, module `testing`) checks both for your sink.
 //!
 //! ```
 //! use connector_core::prelude::*;
@@ -86,6 +87,8 @@ mod plugin;
 mod record;
 mod registry;
 mod shutdown;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use context::{Emitter, SinkContext, SourceContext, TransformContext};
 pub use error::{ConfigIssue, ConnectorError, EmitError, ErrorKind};

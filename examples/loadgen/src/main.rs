@@ -113,12 +113,15 @@ impl Generator {
     fn event(&mut self) -> Value {
         self.seq += 1;
         let user = self.users[self.rng.random_range(0..self.users.len())].clone();
-        let ts = chrono::Utc::now() - chrono::Duration::milliseconds(self.rng.random_range(0..86_400_000));
+        let ts = chrono::Utc::now()
+            - chrono::Duration::milliseconds(self.rng.random_range(0..86_400_000));
         let ts = if self.rng.random_bool(0.5) {
             ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         } else {
             match chrono::FixedOffset::east_opt(2 * 3600) {
-                Some(tz) => ts.with_timezone(&tz).to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+                Some(tz) => ts
+                    .with_timezone(&tz)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
                 None => ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             }
         };
@@ -136,22 +139,50 @@ impl Generator {
     fn next(&mut self) -> (Request, u64) {
         let a = self.args.clone();
         // One invalid event per request of its own, as often as `invalid_ratio` of the events.
-        if self.rng.random_bool((a.invalid_ratio * a.batch as f64).clamp(0.0, 1.0)) {
+        if self
+            .rng
+            .random_bool((a.invalid_ratio * a.batch as f64).clamp(0.0, 1.0))
+        {
             let mut e = self.event();
             e["client_timestamp"] = json!("2026-11-01T01:30:00");
-            return (Request { body: Value::Array(vec![e]).to_string(), idem: None, poison_keys: vec![], invalid: true, events: 1 }, 0);
+            return (
+                Request {
+                    body: Value::Array(vec![e]).to_string(),
+                    idem: None,
+                    poison_keys: vec![],
+                    invalid: true,
+                    events: 1,
+                },
+                0,
+            );
         }
-        if !self.recent_requests.is_empty() && self.rng.random_bool((a.dup_ratio / 2.0).clamp(0.0, 1.0)) {
+        if !self.recent_requests.is_empty()
+            && self.rng.random_bool((a.dup_ratio / 2.0).clamp(0.0, 1.0))
+        {
             let i = self.rng.random_range(0..self.recent_requests.len());
             let (body, idem) = self.recent_requests[i].clone();
-            let n = serde_json::from_str::<Value>(&body).ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0) as u64;
-            return (Request { body, idem: Some(idem), poison_keys: vec![], invalid: false, events: n }, 0);
+            let n = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len))
+                .unwrap_or(0) as u64;
+            return (
+                Request {
+                    body,
+                    idem: Some(idem),
+                    poison_keys: vec![],
+                    invalid: false,
+                    events: n,
+                },
+                0,
+            );
         }
         let mut events = Vec::with_capacity(a.batch);
         let mut poison = Vec::new();
         let mut new = 0;
         for _ in 0..a.batch {
-            if !self.recent_events.is_empty() && self.rng.random_bool((a.dup_ratio / 2.0).clamp(0.0, 1.0)) {
+            if !self.recent_events.is_empty()
+                && self.rng.random_bool((a.dup_ratio / 2.0).clamp(0.0, 1.0))
+            {
                 let i = self.rng.random_range(0..self.recent_events.len());
                 events.push(self.recent_events[i].clone());
                 continue;
@@ -159,7 +190,12 @@ impl Generator {
             let mut e = self.event();
             if self.rng.random_bool(a.poison_ratio.clamp(0.0, 1.0)) {
                 e["payload"]["note"] = json!("nul\u{0}byte");
-                poison.push(e["idempotency_key"].as_str().unwrap_or_default().to_string());
+                poison.push(
+                    e["idempotency_key"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
             }
             if self.recent_events.len() < 10_000 {
                 self.recent_events.push(e.clone());
@@ -176,7 +212,16 @@ impl Generator {
             self.recent_requests.push((body.clone(), idem.clone()));
         }
         let n = a.batch as u64;
-        (Request { body, idem: Some(idem), poison_keys: poison, invalid: false, events: n }, new)
+        (
+            Request {
+                body,
+                idem: Some(idem),
+                poison_keys: poison,
+                invalid: false,
+                events: n,
+            },
+            new,
+        )
     }
 }
 
@@ -191,9 +236,18 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let run = args.run_id.clone().unwrap_or_else(|| format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let run = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let users: Vec<String> = (0..args.users.max(1)).map(|_| uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string()).collect();
+    let users: Vec<String> = (0..args.users.max(1))
+        .map(|_| {
+            uuid::Builder::from_random_bytes(rng.random())
+                .into_uuid()
+                .to_string()
+        })
+        .collect();
     let generator = Arc::new(Mutex::new(Generator {
         rng,
         users,
@@ -205,7 +259,9 @@ async fn main() -> anyhow::Result<()> {
     }));
     let unique_sent = Arc::new(AtomicU64::new(0));
     let stats = Arc::new(Stats::default());
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.concurrency).build_http();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.concurrency)
+        .build_http();
     let url: hyper::Uri = format!("{}/v1/events", args.url.trim_end_matches('/')).parse()?;
     let started = Instant::now();
     let deadline = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
@@ -234,7 +290,14 @@ async fn main() -> anyhow::Result<()> {
 
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency.max(1) {
-        let (g, stats, client, url, args, unique_sent) = (generator.clone(), stats.clone(), client.clone(), url.clone(), args.clone(), unique_sent.clone());
+        let (g, stats, client, url, args, unique_sent) = (
+            generator.clone(),
+            stats.clone(),
+            client.clone(),
+            url.clone(),
+            args.clone(),
+            unique_sent.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -253,7 +316,10 @@ async fn main() -> anyhow::Result<()> {
                     req
                 };
                 if args.rate > 0 {
-                    let due = started + Duration::from_secs_f64(stats.sent_events.load(Ordering::Relaxed) as f64 / args.rate as f64);
+                    let due = started
+                        + Duration::from_secs_f64(
+                            stats.sent_events.load(Ordering::Relaxed) as f64 / args.rate as f64,
+                        );
                     tokio::time::sleep_until(due.into()).await;
                 }
                 stats.sent_events.fetch_add(req.events, Ordering::Relaxed);
@@ -268,14 +334,21 @@ async fn main() -> anyhow::Result<()> {
                     if let Some(k) = &req.idem {
                         b = b.header("idempotency-key", k);
                     }
-                    let Ok(http_req) = b.body(Full::new(Bytes::from(req.body.clone()))) else { break };
+                    let Ok(http_req) = b.body(Full::new(Bytes::from(req.body.clone()))) else {
+                        break;
+                    };
                     let t = Instant::now();
                     stats.requests.fetch_add(1, Ordering::Relaxed);
                     match client.request(http_req).await {
                         Ok(resp) => {
                             let status = resp.status().as_u16();
                             let replayed = resp.headers().contains_key("idempotent-replayed");
-                            let body = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = resp
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             if let Ok(mut l) = stats.latencies_us.lock() {
                                 l.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                             }
@@ -286,9 +359,14 @@ async fn main() -> anyhow::Result<()> {
                                         stats.replayed.fetch_add(1, Ordering::Relaxed);
                                     }
                                     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                                        if let (Some(keys), Ok(mut set)) = (v["idempotency_keys"].as_array(), stats.accepted_keys.lock()) {
+                                        if let (Some(keys), Ok(mut set)) = (
+                                            v["idempotency_keys"].as_array(),
+                                            stats.accepted_keys.lock(),
+                                        ) {
                                             for k in keys {
-                                                set.insert(k.as_str().unwrap_or_default().to_string());
+                                                set.insert(
+                                                    k.as_str().unwrap_or_default().to_string(),
+                                                );
                                             }
                                         }
                                     }
@@ -303,7 +381,10 @@ async fn main() -> anyhow::Result<()> {
                                     } else {
                                         stats.s4xx.fetch_add(1, Ordering::Relaxed);
                                     }
-                                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt + 1))).await;
+                                    tokio::time::sleep(Duration::from_millis(
+                                        50 * u64::from(attempt + 1),
+                                    ))
+                                    .await;
                                 }
                                 _ => {
                                     stats.s4xx.fetch_add(1, Ordering::Relaxed);
@@ -313,7 +394,8 @@ async fn main() -> anyhow::Result<()> {
                         }
                         Err(_) => {
                             stats.errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
+                            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1)))
+                                .await;
                         }
                     }
                 }
@@ -327,7 +409,11 @@ async fn main() -> anyhow::Result<()> {
     let _ = progress.await;
     eprintln!();
     let secs = started.elapsed().as_secs_f64();
-    let mut lat = stats.latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut lat = stats
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
     lat.sort_unstable();
     let accepted = stats.accepted_keys.lock().map(|s| s.len()).unwrap_or(0);
     let poison = stats.poison_keys.lock().map(|s| s.len()).unwrap_or(0);

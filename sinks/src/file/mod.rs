@@ -198,6 +198,47 @@ mod tests {
         }
     }
 
+    struct FileProbe(PathBuf);
+
+    #[async_trait]
+    impl connector_core::testing::Probe for FileProbe {
+        async fn stored(&self, records: &[Record]) -> Result<Vec<usize>, String> {
+            let text = std::fs::read_to_string(&self.0).map_err(|e| e.to_string())?;
+            let lines: Vec<Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            Ok(records
+                .iter()
+                .map(|r| {
+                    let o = r.origin.as_ref();
+                    lines
+                        .iter()
+                        .filter(|l| {
+                            o.is_some_and(|o| {
+                                l["topic"] == o.topic.as_ref() && l["offset"] == o.offset
+                            })
+                        })
+                        .count()
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn passes_the_compliance_harness() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("h.jsonl");
+        let report = connector_core::testing::SinkHarness::<FileSinkPlugin>::new(FileSinkConfig {
+            path: path.clone(),
+            fsync: true,
+        })
+        .probe(FileProbe(path))
+        .run()
+        .await;
+        report.assert_passed();
+    }
+
     #[tokio::test]
     async fn redelivered_records_are_not_written_twice_even_after_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
