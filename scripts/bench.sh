@@ -1,77 +1,178 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): writes BENCHMARKS.md. Every figure is the median of RUNS runs with
-# min–max, next to the ceiling measured in the same run on the same machine.
+# min–max, next to the ceilings measured in the same run on the same machine.
 #
-#   bash scripts/bench.sh            # RUNS=3 COUNT=1000000 by default
+#   bash scripts/bench.sh                 # RUNS=3 COUNT=1000000 E2E_SECONDS=60
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUNS="${RUNS:-3}"
 COUNT="${COUNT:-1000000}"
 SIZE="${SIZE:-100}"
+E2E_SECONDS="${E2E_SECONDS:-60}"
+HTTP_COUNT="${HTTP_COUNT:-300000}"
 OUT_DIR="${BENCH_DIR:-bench-results}"
 
 eval "$(bash scripts/dev-services.sh up)"
 export DATABASE_URL REDIS_URL KAFKA_BROKERS
-cargo build --release --locked -p connectd --bin connectd --example kafka_bench >/dev/null
+cargo build --release --locked -p connectd --bin connectd --example kafka_bench -p connectd-loadgen >&2
 BIN=target/release/connectd
 KB=target/release/examples/kafka_bench
+LG=target/release/loadgen
 mkdir -p "$OUT_DIR"
 RESULTS="$OUT_DIR/results.jsonl"
 : >"$RESULTS"
+$BIN migrate >/dev/null
+KEY="bench-key-0123456789abcdef"
 
 record() { # section json-line
   python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["section"]=sys.argv[1]; print(json.dumps(d))' "$1" "$2" >>"$RESULTS"
 }
+psql_q() { psql "$DATABASE_URL" -Atc "$1"; }
 
-# Runs connectd on $1 until group $2 has committed $COUNT records of topic $3; records rate,
-# CPU seconds and peak RSS of the connectd process.
-measure_connectd() { # config group topic section
-  local cfg=$1 group=$2 topic=$3 section=$4 admin_port=$((20000 + RANDOM % 20000))
-  CONNECTD_ADMIN=127.0.0.1:$admin_port CONNECTD_LOG=warn "$BIN" run -c "$cfg" 2>"$OUT_DIR/$section.log" &
-  local pid=$! peak=0 line
+# Starts connectd on $1 (background); sets CD_PID and CD_ADMIN.
+start_connectd() { # config log
+  CD_ADMIN=127.0.0.1:$((20000 + RANDOM % 20000))
+  CONNECTD_ADMIN=$CD_ADMIN CONNECTD_LOG=warn "$BIN" run -c "$1" 2>"$2" &
+  CD_PID=$!
+}
+
+# CPU seconds and peak RSS of CD_PID as JSON fields.
+proc_stats() {
   local ticks
   ticks=$(getconf CLK_TCK)
-  line=$("$KB" wait-group --group "$group" --topic "$topic" --count "$COUNT" &
-    wpid=$!
-    while kill -0 $wpid 2>/dev/null; do
-      rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0)
-      echo "$rss" >"$OUT_DIR/.rss"
-      sleep 0.5
-    done
-    wait $wpid)
-  peak=$(awk '/VmHWM/ {print $2}' /proc/$pid/status 2>/dev/null || cat "$OUT_DIR/.rss")
-  local cpu
-  cpu=$(awk -v t="$ticks" '{printf "%.2f", ($14+$15)/t}' /proc/$pid/stat)
-  kill -TERM $pid; wait $pid || true
-  line=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["cpu_seconds"]=float(sys.argv[2]); d["peak_rss_mb"]=round(int(sys.argv[3])/1024,1); d["cpu_us_per_record"]=round(float(sys.argv[2])*1e6/d["records"],2); print(json.dumps(d))' "$line" "$cpu" "$peak")
-  record "$section" "$line"
+  python3 - "$CD_PID" "$ticks" <<'PY'
+import sys
+pid, ticks = sys.argv[1], int(sys.argv[2])
+stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+cpu = (int(stat[11]) + int(stat[12])) / ticks
+rss = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM"))
+print(f'{{"cpu_seconds": {cpu:.2f}, "peak_rss_mb": {rss/1024:.1f}}}')
+PY
+}
+
+merge() { python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); r=a.get("records") or 1; a["cpu_us_per_record"]=round(a.get("cpu_seconds",0)*1e6/r,2) if "cpu_seconds" in a else None; print(json.dumps(a))' "$1" "$2"; }
+
+stop_connectd() { kill -TERM "$CD_PID" 2>/dev/null || true; wait "$CD_PID" 2>/dev/null || true; }
+
+# Runs config $1 until group $2 committed $3 records of topic $4; records section $5.
+consume_bench() {
+  local cfg=$1 group=$2 count=$3 topic=$4 section=$5
+  start_connectd "$cfg" "$OUT_DIR/$section.log"
+  local line stats
+  line=$("$KB" wait-group --group "$group" --topic "$topic" --count "$count")
+  stats=$(proc_stats)
+  stop_connectd
+  record "$section" "$(merge "$line" "$stats")"
 }
 
 for run in $(seq 1 "$RUNS"); do
   echo "== run $run/$RUNS" >&2
-  t="bench-src-$run-$$"
-  record broker_produce "$("$KB" produce --topic "$t" --count "$COUNT" --size "$SIZE" --partitions 6)"
-  record broker_consume "$("$KB" consume --topic "$t" --count "$COUNT")"
+  S="b$run$$"
+  # -- ceilings
+  record pg_unnest_1 "$("$KB" pg-ceiling --rows "$COUNT" --conns 1 --method unnest)"
+  record pg_unnest_2 "$("$KB" pg-ceiling --rows "$COUNT" --conns 2 --method unnest)"
+  record pg_copy_1 "$("$KB" pg-ceiling --rows "$COUNT" --conns 1 --method copy)"
+  record redis_ceiling "$("$KB" redis-ceiling --keys "$COUNT")"
+  record broker_produce "$("$KB" produce --topic "$S-src" --count "$COUNT" --size "$SIZE" --partitions 6)"
+  record broker_consume "$("$KB" consume --topic "$S-src" --count "$COUNT")"
 
-  # forward: topic -> topic, 1M small records already in the input topic.
-  cfg="$OUT_DIR/forward-$run.yaml"
-  cat >"$cfg" <<YAML
-kafka:
-  brokers: \${KAFKA_BROKERS}
-admin:
-  listen: \${CONNECTD_ADMIN}
+  # -- forward: topic -> topic
+  cat >"$OUT_DIR/forward.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
 connectors:
-  - name: fwd
-    type: forward
-    input: $t
-    output: $t.copy
-    group_id: bench-fwd-$run-$$
-    max_in_flight: 2
-    batch:
-      max_records: 5000
-      linger: 20ms
+  - { name: fwd, type: forward, input: $S-src, output: $S-copy, group_id: $S-fwd, max_in_flight: 2, batch: { max_records: 5000, linger: 20ms } }
 YAML
-  measure_connectd "$cfg" "bench-fwd-$run-$$" "$t" forward
+  consume_bench "$OUT_DIR/forward.yaml" "$S-fwd" "$COUNT" "$S-src" forward
+
+  # -- postgres_sink: 1M envelopes preloaded, 6 partitions, fresh table
+  "$KB" envelopes --topic "$S-env" --count "$COUNT" >/dev/null
+  psql_q "CREATE TABLE bench_$S (LIKE growth_events INCLUDING ALL)" >/dev/null
+  cat >"$OUT_DIR/pg.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+connectors:
+  - name: store
+    type: postgres_sink
+    input: $S-env
+    group_id: $S-pg
+    database_url: \${DATABASE_URL}
+    table: bench_$S
+    pool_size: 2
+    max_in_flight: 2
+    batch: { max_records: 5000, linger: 50ms }
+YAML
+  consume_bench "$OUT_DIR/pg.yaml" "$S-pg" "$COUNT" "$S-env" postgres_sink
+  rows=$(psql_q "SELECT count(*) FROM bench_$S")
+  [ "$rows" -eq "$COUNT" ] || echo "WARNING: postgres_sink stored $rows of $COUNT" >&2
+  psql_q "DROP TABLE bench_$S" >/dev/null
+
+  # -- redis_dedup: 1M with 20% duplicates
+  "$KB" envelopes --topic "$S-dd" --count "$COUNT" --dup-ratio 0.2 >/dev/null
+  cat >"$OUT_DIR/dedup.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+connectors:
+  - name: dedup
+    type: redis_dedup
+    input: $S-dd
+    output: $S-dd-out
+    group_id: $S-dd
+    redis_url: \${REDIS_URL}
+    key_prefix: bench$S
+    max_in_flight: 2
+    batch: { max_records: 5000, linger: 20ms }
+YAML
+  consume_bench "$OUT_DIR/dedup.yaml" "$S-dd" "$COUNT" "$S-dd" redis_dedup
+
+  # -- http_source alone: 100-event requests
+  cat >"$OUT_DIR/http.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+connectors:
+  - name: ingest
+    type: http_source
+    output: $S-http
+    listen: 127.0.0.1:18080
+    static_keys: [ { name: bench, key: $KEY } ]
+    max_events: 1000
+YAML
+  start_connectd "$OUT_DIR/http.yaml" "$OUT_DIR/http.log"
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
+  "$LG" --url http://127.0.0.1:18080 --key "$KEY" --count "$HTTP_COUNT" --batch 100 --dup-ratio 0 --concurrency 16 --report "$OUT_DIR/http.json" >/dev/null 2>&1
+  stats=$(proc_stats)
+  stop_connectd
+  record http_source "$(merge "$(cat "$OUT_DIR/http.json")" "$stats")"
+
+  # -- end to end: HTTP -> dedup -> Postgres for E2E_SECONDS at full speed
+  psql_q "CREATE TABLE e2e_$S (LIKE growth_events INCLUDING ALL)" >/dev/null
+  cat >"$OUT_DIR/e2e.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+topics: [ { name: $S-raw, partitions: 6 }, { name: $S-unique, partitions: 6 } ]
+connectors:
+  - { name: ingest, type: http_source, output: $S-raw, listen: 127.0.0.1:18081, static_keys: [ { name: bench, key: $KEY } ], max_events: 1000 }
+  - { name: dedup, type: redis_dedup, input: $S-raw, output: $S-unique, group_id: $S-e2e-dd, redis_url: \${REDIS_URL}, key_prefix: e2e$S, max_in_flight: 2, batch: { max_records: 5000, linger: 20ms } }
+  - { name: store, type: postgres_sink, input: $S-unique, group_id: $S-e2e-pg, database_url: \${DATABASE_URL}, table: e2e_$S, pool_size: 2, max_in_flight: 2, batch: { max_records: 5000, linger: 50ms } }
+YAML
+  start_connectd "$OUT_DIR/e2e.yaml" "$OUT_DIR/e2e.log"
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.1; done
+  "$LG" --url http://127.0.0.1:18081 --key "$KEY" --count 100000000 --duration "$E2E_SECONDS" --batch 100 --dup-ratio 0.2 --concurrency 8 --run-id "e2e$S" --report "$OUT_DIR/e2e.json" >/dev/null 2>&1
+  accepted=$(python3 -c 'import json;print(json.load(open("'"$OUT_DIR"'/e2e.json"))["accepted_distinct_keys"])')
+  rows_at_end=$(psql_q "SELECT count(*) FROM e2e_$S")
+  t0=$(date +%s.%N)
+  for _ in $(seq 1 1200); do
+    rows=$(psql_q "SELECT count(*) FROM e2e_$S")
+    [ "$rows" -ge "$accepted" ] && break
+    sleep 0.25
+  done
+  drain=$(python3 -c "import time;print(round(time.time()-$t0,2))")
+  stats=$(proc_stats)
+  dupkeys=$(psql_q "SELECT count(*) - count(DISTINCT idempotency_key) FROM e2e_$S")
+  stop_connectd
+  record e2e "$(merge "$(cat "$OUT_DIR/e2e.json")" "{\"rows\": $rows, \"rows_at_end_of_load\": $rows_at_end, \"lag_at_end\": $((accepted - rows_at_end)), \"drain_seconds\": $drain, \"duplicate_rows\": $dupkeys, \"stored_per_second\": $(python3 -c "print(round($rows/($E2E_SECONDS+$drain)))")}")"
+  record e2e_stats "$stats"
+  psql_q "DROP TABLE e2e_$S" >/dev/null
 done
 
 python3 scripts/bench_report.py "$RESULTS" "$COUNT" "$SIZE" >BENCHMARKS.md

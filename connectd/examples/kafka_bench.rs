@@ -4,6 +4,9 @@
 //! kafka_bench produce  --topic T --count N [--size 100] [--partitions 6]   # create + fill, print rate
 //! kafka_bench consume  --topic T --count N                                 # read N from the start
 //! kafka_bench wait-group --group G --topic T --count N                     # until G committed N records
+//! kafka_bench envelopes --topic T --count N [--dup-ratio 0.2]                # growth-event envelopes
+//! kafka_bench pg-ceiling --rows N --conns C --method copy|unnest             # Postgres from memory
+//! kafka_bench redis-ceiling --keys N                                        # pipelined SET NX EX
 //! ```
 //! Each prints one JSON line: `{"what":…, "records":…, "seconds":…, "per_second":…}`.
 
@@ -43,6 +46,36 @@ enum Cmd {
         topic: String,
         #[arg(long)]
         count: u64,
+    },
+    Envelopes {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 0.0)]
+        dup_ratio: f64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+    },
+    PgCeiling {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long)]
+        rows: u64,
+        #[arg(long, default_value_t = 1)]
+        conns: u64,
+        #[arg(long, default_value = "unnest")]
+        method: String,
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+    },
+    RedisCeiling {
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: String,
+        #[arg(long)]
+        keys: u64,
+        #[arg(long, default_value_t = 2000)]
+        pipeline: usize,
     },
     WaitGroup {
         #[arg(long)]
@@ -141,6 +174,91 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 start.map_or(0.0, |s| s.elapsed().as_secs_f64()),
             );
         }
+        Cmd::Envelopes {
+            topic,
+            count,
+            dup_ratio,
+            partitions,
+        } => {
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &args.brokers)
+                .create()?;
+            admin
+                .create_topics(
+                    &[NewTopic::new(
+                        &topic,
+                        partitions,
+                        TopicReplication::Fixed(1),
+                    )],
+                    &AdminOptions::new(),
+                )
+                .await?;
+            let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+                .set("bootstrap.servers", &args.brokers)
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "5")
+                .set("batch.num.messages", "10000")
+                .set("queue.buffering.max.kbytes", "1048576")
+                .create()?;
+            let start = Instant::now();
+            let distinct = ((count as f64) * (1.0 - dup_ratio)).max(1.0) as u64;
+            let tag = format!("{}", std::process::id());
+            for i in 0..count {
+                // The first `distinct` records are new; the rest repeat earlier ones.
+                let n = if i < distinct {
+                    i
+                } else {
+                    (i * 7919) % distinct
+                };
+                let value = envelope(&tag, n);
+                let key = format!("{:012x}", n % 10_000);
+                let mut rec = BaseRecord::to(&topic).key(&key).payload(&value);
+                loop {
+                    match producer.send(rec) {
+                        Ok(()) => break,
+                        Err((_, r)) => {
+                            rec = r;
+                            producer.poll(Duration::from_millis(10));
+                        }
+                    }
+                }
+            }
+            producer.flush(Duration::from_secs(120))?;
+            println!("{{\"what\":\"envelopes\",\"records\":{count},\"distinct\":{distinct},\"seconds\":{:.3}}}", start.elapsed().as_secs_f64());
+        }
+        Cmd::PgCeiling {
+            database_url,
+            rows,
+            conns,
+            method,
+            batch,
+        } => pg_ceiling(&database_url, rows, conns, &method, batch).await?,
+        Cmd::RedisCeiling {
+            redis_url,
+            keys,
+            pipeline,
+        } => {
+            let client = redis::Client::open(redis_url.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let tag = std::process::id();
+            let start = Instant::now();
+            let mut i = 0u64;
+            while i < keys {
+                let mut pipe = redis::pipe();
+                for _ in 0..pipeline.min((keys - i) as usize) {
+                    pipe.cmd("SET")
+                        .arg(format!("bench:{tag}:{i}"))
+                        .arg("t/0/1")
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(300)
+                        .ignore();
+                    i += 1;
+                }
+                let () = pipe.query_async(&mut conn).await?;
+            }
+            report("redis_set_nx_ex", keys, start.elapsed().as_secs_f64());
+        }
         Cmd::WaitGroup {
             group,
             topic,
@@ -189,5 +307,104 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             report("group", count, start.elapsed().as_secs_f64());
         }
     }
+    Ok(())
+}
+
+/// A growth-event envelope as http_source produces it.
+fn envelope(tag: &str, n: u64) -> String {
+    format!(
+        "{{\"idempotency_key\":\"bench-{tag}-{n}\",\"trace_id\":\"t{n}\",\"schema_version\":1,\"source\":\"bench\",\"event_type\":\"{}\",\"user_id\":\"{:08x}-0000-4000-8000-{:012x}\",\"event_ts\":\"2026-11-{:02}T{:02}:{:02}:{:02}Z\",\"payload\":{{\"page\":\"/p/{}\",\"n\":{n}}},\"ingested_at\":\"2026-11-23T12:00:00Z\"}}",
+        ["page_view", "signup", "purchase"][(n % 3) as usize],
+        n % 50_000,
+        n % 50_000,
+        1 + n % 20,
+        n % 24,
+        n % 60,
+        (n / 60) % 60,
+        n % 50
+    )
+}
+
+/// Writes `rows` envelope rows from memory into a fresh table shaped like growth_events,
+/// with `conns` connections in parallel, `batch` rows per statement.
+async fn pg_ceiling(
+    url: &str,
+    rows: u64,
+    conns: u64,
+    method: &str,
+    batch: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(conns as u32 + 1)
+        .connect(url)
+        .await?;
+    connectd_migrations::run(&pool).await?;
+    let table = format!("bench_ceiling_{}", std::process::id());
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(&pool)
+        .await?;
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (LIKE growth_events INCLUDING ALL)"
+    ))
+    .execute(&pool)
+    .await?;
+    let tag = format!("{}", std::process::id());
+    let per = rows / conns;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let pool = pool.clone();
+        let table = table.clone();
+        let method = method.to_string();
+        let tag = tag.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let mut i = c * per;
+            let end = (c + 1) * per;
+            while i < end {
+                let n = batch.min((end - i) as usize);
+                let vals: Vec<serde_json::Value> = (i..i + n as u64).map(|k| serde_json::from_str(&envelope(&tag, k)).unwrap_or_default()).collect();
+                let col = |f: &str| -> Vec<String> { vals.iter().map(|v| match &v[f] { serde_json::Value::String(s) => s.clone(), o => o.to_string() }).collect() };
+                let cols = ["idempotency_key", "event_ts", "trace_id", "schema_version", "source", "event_type", "user_id", "payload", "ingested_at"];
+                if method == "copy" {
+                    let mut data = String::new();
+                    for v in &vals {
+                        let line: Vec<String> = cols
+                            .iter()
+                            .map(|f| match &v[*f] { serde_json::Value::String(s) => s.clone(), o => o.to_string() })
+                            .map(|s| s.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n"))
+                            .collect();
+                        data.push_str(&line.join("\t"));
+                        data.push('\n');
+                    }
+                    let mut copy = conn.copy_in_raw(&format!("COPY {table} ({}) FROM STDIN", cols.join(", "))).await?;
+                    copy.send(data.as_bytes()).await?;
+                    copy.finish().await?;
+                } else {
+                    let sql = format!(
+                        "INSERT INTO {table} ({}) SELECT u.c1, u.c2::timestamptz, u.c3, u.c4::integer, u.c5, u.c6, u.c7::uuid, u.c8::jsonb, u.c9::timestamptz \
+                         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS u(c1,c2,c3,c4,c5,c6,c7,c8,c9) \
+                         ON CONFLICT (idempotency_key, event_ts) DO NOTHING",
+                        cols.join(", ")
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for f in cols {
+                        q = q.bind(col(f));
+                    }
+                    q.execute(&mut *conn).await?;
+                }
+                i += n as u64;
+            }
+            Ok::<(), sqlx::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(&pool)
+        .await?;
+    report(&format!("pg_{method}_{conns}conn"), per * conns, secs);
     Ok(())
 }

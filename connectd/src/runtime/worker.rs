@@ -380,10 +380,15 @@ mod tests {
             max_ratio: 0.5,
             window: 10,
         });
-        assert_eq!(b.observe(0, 3), None, "window not full");
+        assert_eq!(
+            b.observe(0, 3),
+            None,
+            "3 of 3, but the window is not full yet"
+        );
         assert_eq!(b.observe(7, 0), None, "3 of 10");
-        assert_eq!(b.observe(0, 2), None, "5 of 10 is not over 0.5");
-        assert!(b.observe(0, 1).is_some(), "6 of 10");
-        assert_eq!(b.observe(10, 0), None, "window slid past the failures");
+        assert_eq!(b.observe(10, 0), None, "the failures slid out: 0 of 10");
+        assert_eq!(b.observe(0, 5), None, "5 of 10 is not over 0.5");
+        assert!(b.observe(0, 1).is_some(), "6 of 10 trips");
+        assert_eq!(b.observe(10, 0), None, "the window slid past the failures");
     }
 }
