@@ -57,7 +57,10 @@ pub fn consumer_config(k: &KafkaSettings, group: &str, start_earliest: bool) -> 
         // Quick joins on Tansu and small clusters; Kafka's default 45 s delays failover.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
-        .set("max.poll.interval.ms", "300000")
+        // Also the rebalance timeout: how long a group waits for a member that vanished
+        // mid-join (Tansu never expires it sooner). The runner polls continuously; its longest
+        // pause is the bounded wait on revocation (at most 30 s).
+        .set("max.poll.interval.ms", "45000")
         // Bounded read-ahead per partition (memory stays bounded under backlog).
         .set("queued.max.messages.kbytes", "16384")
         .set("fetch.max.bytes", "16777216")

@@ -40,6 +40,9 @@ type Tp = (Arc<str>, i32);
 struct PartState {
     tracker: PartitionTracker,
     generation: u64,
+    /// Records handed to a worker and not yet final (what a revocation waits for; records
+    /// still being batched are simply dropped and read again by the next owner).
+    dispatched: usize,
 }
 
 /// State shared by the runner task, its workers and the rebalance callbacks.
@@ -63,8 +66,8 @@ impl Shared {
         let mut g = self.lock();
         for (tp, offset) in done {
             if let Some(p) = g.get_mut(tp) {
-                if p.generation == generation {
-                    p.tracker.done(*offset);
+                if p.generation == generation && p.tracker.done(*offset) {
+                    p.dispatched = p.dispatched.saturating_sub(1);
                 }
             }
         }
@@ -142,7 +145,7 @@ impl RunnerContext {
             let pending: usize = g
                 .iter()
                 .filter(|(tp, _)| revoked.contains(*tp))
-                .map(|(_, p)| p.tracker.in_flight())
+                .map(|(_, p)| p.dispatched)
                 .sum();
             let now = Instant::now();
             if pending == 0 || now >= deadline {
@@ -174,6 +177,7 @@ impl RunnerContext {
         for tp in &revoked {
             g.remove(tp);
         }
+        self.handle.set_assigned(g.len());
         drop(g);
         self.handle.clear_lag();
         tracing::info!(connector = %self.handle.name, partitions = revoked.len(), "partitions revoked");
@@ -227,9 +231,11 @@ impl RunnerContext {
                 PartState {
                     tracker: PartitionTracker::default(),
                     generation,
+                    dispatched: 0,
                 },
             );
         }
+        self.handle.set_assigned(g.len());
         drop(g);
         self.shared.wake.notify_one();
         tracing::info!(connector = %self.handle.name, partitions = tpl.count(), generation, "partitions assigned");
@@ -480,6 +486,18 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
                 };
                 s.busy = true;
                 s.busy_bytes = bytes;
+                {
+                    let mut g = shared.lock();
+                    for r in &records {
+                        if let Some(o) = &r.origin {
+                            if let Some(p) = g.get_mut(&(o.topic.clone(), o.partition)) {
+                                if p.generation == generation {
+                                    p.dispatched += 1;
+                                }
+                            }
+                        }
+                    }
+                }
                 if s.tx
                     .send(Batch {
                         generation,

@@ -170,6 +170,8 @@ pub struct StatusView {
     pub retries: u64,
     /// Counters.
     pub restarts: u64,
+    /// Partitions currently assigned to this process (sinks and transforms).
+    pub assigned_partitions: usize,
     /// Lag per `topic/partition` (approximate on Tansu).
     pub lag: BTreeMap<String, i64>,
     /// Connector-specific status.
@@ -180,6 +182,7 @@ pub struct StatusView {
 
 struct Inner {
     state: State,
+    assigned: usize,
     last_error: Option<String>,
     lag: BTreeMap<String, i64>,
     details: serde_json::Value,
@@ -238,6 +241,11 @@ impl ConnectorHandle {
         self.lock().lag.insert(format!("{topic}/{partition}"), lag);
     }
 
+    /// Records how many partitions this process holds.
+    pub fn set_assigned(&self, n: usize) {
+        self.lock().assigned = n;
+    }
+
     /// Forgets the lag of partitions no longer assigned.
     pub fn clear_lag(&self) {
         self.lock().lag.clear();
@@ -289,6 +297,7 @@ impl ConnectorHandle {
             dlq_records: m.dlq_records.get(),
             retries: m.retries.get(),
             restarts: m.restarts.get(),
+            assigned_partitions: g.assigned,
             lag: g.lag.clone(),
             details: g.details.clone(),
             config: self.config.clone(),
@@ -330,6 +339,7 @@ impl StatusRegistry {
             config,
             inner: Arc::new(Mutex::new(Inner {
                 state: State::Starting,
+                assigned: 0,
                 last_error: None,
                 lag: BTreeMap::new(),
                 details: serde_json::Value::Null,
