@@ -120,6 +120,7 @@ connectors:
     group_id: $S-dd
     redis_url: \${REDIS_URL}
     key_prefix: bench$S
+    window: 2m
     max_in_flight: 2
     batch: { max_records: 5000, linger: 20ms }
 YAML
@@ -152,7 +153,7 @@ admin: { listen: \${CONNECTD_ADMIN} }
 topics: [ { name: $S-raw, partitions: 6 }, { name: $S-unique, partitions: 6 } ]
 connectors:
   - { name: ingest, type: http_source, output: $S-raw, listen: 127.0.0.1:18081, static_keys: [ { name: bench, key: $KEY } ], max_events: 1000 }
-  - { name: dedup, type: redis_dedup, input: $S-raw, output: $S-unique, group_id: $S-e2e-dd, redis_url: \${REDIS_URL}, key_prefix: e2e$S, max_in_flight: 2, batch: { max_records: 5000, linger: 20ms } }
+  - { name: dedup, type: redis_dedup, input: $S-raw, output: $S-unique, group_id: $S-e2e-dd, redis_url: \${REDIS_URL}, key_prefix: e2e$S, window: 2m, max_in_flight: 2, batch: { max_records: 5000, linger: 20ms } }
   - { name: store, type: postgres_sink, input: $S-unique, group_id: $S-e2e-pg, database_url: \${DATABASE_URL}, table: e2e_$S, pool_size: 2, max_in_flight: 2, batch: { max_records: 5000, linger: 50ms } }
 YAML
   start_connectd "$OUT_DIR/e2e.yaml" "$OUT_DIR/e2e.log"

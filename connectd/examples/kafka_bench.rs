@@ -258,6 +258,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let () = pipe.query_async(&mut conn).await?;
             }
             report("redis_set_nx_ex", keys, start.elapsed().as_secs_f64());
+            // Leave the shared Redis as we found it.
+            let mut i = 0u64;
+            while i < keys {
+                let mut pipe = redis::pipe();
+                for _ in 0..pipeline.min((keys - i) as usize) {
+                    pipe.cmd("UNLINK").arg(format!("bench:{tag}:{i}")).ignore();
+                    i += 1;
+                }
+                let () = pipe.query_async(&mut conn).await?;
+            }
         }
         Cmd::WaitGroup {
             group,

@@ -240,3 +240,21 @@ fn the_whole_file_schema_accepts_the_good_file_and_rejects_unknown_types() {
         serde_yaml::from_str(&expanded.replace("linger: 5ms", "linger: soon")).expect("yaml");
     assert!(!validator.is_valid(&bad));
 }
+
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// No text makes the loader panic; it answers a config or errors.
+        #[test]
+        fn the_loader_never_panics(text in "(connectors:|kafka:|  - name: |    type: |    input: |\\$\\{[A-Z_]{0,5}(:-[a-z]{0,3})?\\}?|[ a-z:\\[\\]{},\n#'\"-]){0,40}") {
+            let _ = Config::parse(&text, &Registry::builtin(), |_| None);
+        }
+
+        #[test]
+        fn env_expansion_never_panics(text in ".{0,200}") {
+            let _ = env::expand(&text, |k| (k.len() % 2 == 0).then(|| "v".to_string()));
+        }
+    }
+}

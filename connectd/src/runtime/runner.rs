@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use connector_core::{Record, Shutdown, Sink, TopicPartition};
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -36,6 +37,11 @@ use super::worker::{BatchError, Instance, WorkerEnv};
 use crate::config::{ConsumerSettings, KafkaSettings, StartFrom};
 
 type Tp = (Arc<str>, i32);
+
+/// Most records taken from the consumer in one turn of the loop.
+const BURST: usize = 2000;
+/// Batches a slot may have waiting (besides the one in flight) before its partitions pause.
+const READ_AHEAD_BATCHES: usize = 4;
 
 struct PartState {
     tracker: PartitionTracker,
@@ -474,7 +480,7 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
         for s in slots.iter_mut() {
             let full = s.building.len() >= batch.max_records || s.bytes >= batch.max_bytes;
             let lingered = s.first_at.is_some_and(|t| t.elapsed() >= linger);
-            if !s.busy && !s.building.is_empty() && (full || lingered) {
+            if !operator_paused && !s.busy && !s.building.is_empty() && (full || lingered) {
                 let take = s.building.len().min(batch.max_records);
                 let records: Vec<Record> = s.building.drain(..take).collect();
                 let bytes: usize = records.iter().map(Record::byte_size).sum();
@@ -528,10 +534,13 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
             .into_iter()
             .filter(|tp| {
                 let s = &slots[slot_of(tp.1)];
+                // A slot keeps reading while its worker is busy, up to a few batches ahead, so
+                // the next batch is ready the moment the worker is free; pausing on every batch
+                // would cost a fetch round trip each time.
                 operator_paused
                     || over_memory
-                    || (s.busy
-                        && (s.building.len() >= batch.max_records || s.bytes >= batch.max_bytes))
+                    || s.building.len() >= READ_AHEAD_BATCHES * batch.max_records
+                    || s.bytes >= READ_AHEAD_BATCHES * batch.max_bytes
             })
             .collect();
         let to_pause: Vec<(Tp, i64)> = want.difference(&paused).map(|tp| (tp.clone(), 0)).collect();
@@ -583,41 +592,55 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
                     handle.set_state(if operator_paused { State::Paused } else { State::Running });
                 }
             }
-            msg = consumer.recv() => match msg {
-                Ok(m) => {
-                    let topic = match topic_names.get(m.topic()) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t: Arc<str> = Arc::from(m.topic());
-                            topic_names.insert(m.topic().to_string(), t.clone());
-                            t
+            msg = consumer.recv() => {
+                // Take what is already fetched in one go (up to a bound), so the loop's
+                // bookkeeping runs per burst rather than per record.
+                let mut next_msg = Some(msg);
+                let mut taken = 0;
+                while let Some(msg) = next_msg.take() {
+                    match msg {
+                        Ok(m) => {
+                            let topic = match topic_names.get(m.topic()) {
+                                Some(t) => t.clone(),
+                                None => {
+                                    let t: Arc<str> = Arc::from(m.topic());
+                                    topic_names.insert(m.topic().to_string(), t.clone());
+                                    t
+                                }
+                            };
+                            let tp = (topic.clone(), m.partition());
+                            let current = shared.generation.load(Ordering::SeqCst);
+                            let tracked = {
+                                let mut g = shared.lock();
+                                match g.get_mut(&tp) {
+                                    Some(p) if p.generation == current => p.tracker.track(m.offset()),
+                                    _ => false,
+                                }
+                            };
+                            if tracked {
+                                let record = to_record(&m, &topic);
+                                handle.metrics.records_in.inc();
+                                let s = &mut slots[slot_of(tp.1)];
+                                s.bytes += record.byte_size();
+                                s.first_at.get_or_insert_with(Instant::now);
+                                s.building.push(record);
+                            } else {
+                                tracing::debug!(connector = %name, topic = %tp.0, partition = tp.1, offset = m.offset(), "ignoring a record of a partition not (or no longer) assigned");
+                            }
                         }
-                    };
-                    let tp = (topic.clone(), m.partition());
-                    let current = shared.generation.load(Ordering::SeqCst);
-                    let tracked = {
-                        let mut g = shared.lock();
-                        match g.get_mut(&tp) {
-                            Some(p) if p.generation == current => p.tracker.track(m.offset()),
-                            _ => false,
+                        Err(e) => {
+                            tracing::warn!(connector = %name, error = %e, "consumer error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            break;
                         }
-                    };
-                    if tracked {
-                        let record = to_record(&m, &topic);
-                        handle.metrics.records_in.inc();
-                        let s = &mut slots[slot_of(tp.1)];
-                        s.bytes += record.byte_size();
-                        s.first_at.get_or_insert_with(Instant::now);
-                        s.building.push(record);
-                    } else {
-                        tracing::debug!(connector = %name, topic = %tp.0, partition = tp.1, offset = m.offset(), "ignoring a record of a partition not (or no longer) assigned");
                     }
+                    taken += 1;
+                    if taken >= BURST {
+                        break;
+                    }
+                    next_msg = consumer.recv().now_or_never();
                 }
-                Err(e) => {
-                    tracing::warn!(connector = %name, error = %e, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            }
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep_until(next.into()) => {}
         }

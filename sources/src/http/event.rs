@@ -489,3 +489,69 @@ mod tests {
         );
     }
 }
+
+/// Property tests: no input makes the body parser or the envelope builder panic, and whatever
+/// they accept satisfies the envelope's invariants. (`PROPTEST_CASES=100000 cargo test -p
+/// connectd-sources proptests` for a longer run.)
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn facts() -> RequestFacts<'static> {
+        RequestFacts {
+            source: "p",
+            header_key: None,
+            count: 1,
+            trace_id: "t",
+            now: chrono::Utc::now(),
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::from(n)),
+            ".{0,40}".prop_map(Value::String),
+            Just(Value::String("6f1c1f0e-8a4b-4c55-9d1e-2b7f3c4d5e6f".into())),
+            Just(Value::String("2026-11-23T10:00:00+02:00".into())),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("user_id".to_string()),
+                        Just("event_type".to_string()),
+                        Just("client_timestamp".to_string()),
+                        Just("payload".to_string()),
+                        Just("idempotency_key".to_string()),
+                        "[a-z]{1,8}"
+                    ],
+                    inner,
+                    0..7
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn parse_body_never_panics_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512), nd in any::<bool>()) {
+            let _ = parse_body(&body, nd, 10);
+        }
+
+        #[test]
+        fn accepted_events_have_a_complete_utc_envelope(v in json_value()) {
+            if let Ok(e) = envelope(0, &v, &facts()) {
+                let env = &e.envelope;
+                prop_assert!(!e.idempotency_key.is_empty());
+                prop_assert!(uuid::Uuid::parse_str(env["user_id"].as_str().unwrap_or("")).is_ok());
+                prop_assert!(env["event_ts"].as_str().is_some_and(|t| t.ends_with('Z')));
+                prop_assert!(env["payload"].is_object());
+            }
+        }
+    }
+}
