@@ -512,7 +512,7 @@ mod proptests {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|n| Value::from(n)),
+            any::<i64>().prop_map(Value::from),
             ".{0,40}".prop_map(Value::String),
             Just(Value::String("6f1c1f0e-8a4b-4c55-9d1e-2b7f3c4d5e6f".into())),
             Just(Value::String("2026-11-23T10:00:00+02:00".into())),
