@@ -95,7 +95,7 @@ install_tansu() {
 # PostgreSQL refuses to run as root. When we are root we run it as the 'postgres' system user
 # (created by the Debian package). If that user cannot reach $DEV_DIR (a private parent folder,
 # e.g. a 0700 mktemp dir), the data directory lives in /var/tmp and $DEV_DIR/pg links to it.
-pg_run() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_run() { if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
 
 pg_datadir() {
   if [ -L "$DEV_DIR/pg" ] || [ -d "$DEV_DIR/pg" ]; then echo "$DEV_DIR/pg"; return; fi

@@ -618,7 +618,7 @@ pub struct PrivatePg {
 fn as_postgres(cmd: &Path) -> Command {
     if unsafe_is_root() {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c.args(["-u", "postgres", "--"]).arg(cmd).current_dir("/");
         c
     } else {
         Command::new(cmd)
