@@ -104,19 +104,7 @@ impl RedisConn {
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisCallError> {
         let mut c = self.get().await.ok_or(RedisCallError::Unavailable)?;
-        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut c)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e))
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_timeout()
-                    || e.is_connection_refusal() =>
-            {
-                Err(RedisCallError::Unavailable)
-            }
-            Ok(Err(e)) => Err(RedisCallError::Redis(e)),
-            Err(_) => Err(RedisCallError::Unavailable),
-        }
+        answer(tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut c)).await)
     }
 
     /// Runs one command with the timeout, telling errors apart.
@@ -125,18 +113,25 @@ impl RedisConn {
         cmd: &redis::Cmd,
     ) -> Result<T, RedisCallError> {
         let mut c = self.get().await.ok_or(RedisCallError::Unavailable)?;
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e))
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_timeout()
-                    || e.is_connection_refusal() =>
-            {
-                Err(RedisCallError::Unavailable)
-            }
-            Ok(Err(e)) => Err(RedisCallError::Redis(e)),
-            Err(_) => Err(RedisCallError::Unavailable),
+        answer(tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await)
+    }
+}
+
+/// Maps a call's result: connection trouble and timeouts mean "unavailable".
+fn answer<T>(
+    r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+) -> Result<T, RedisCallError> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e))
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_connection_refusal() =>
+        {
+            Err(RedisCallError::Unavailable)
         }
+        Ok(Err(e)) => Err(RedisCallError::Redis(e)),
+        Err(_) => Err(RedisCallError::Unavailable),
     }
 }

@@ -45,34 +45,7 @@ pub type Ends = BTreeMap<i32, i64>;
 
 /// Produces `values` with keys `k<i>` and waits for every acknowledgement.
 pub async fn produce(topic: &str, values: &[String]) -> Ends {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let mut ends = Ends::new();
-    for chunk in values.chunks(5000) {
-        let futs = chunk.iter().enumerate().map(|(i, v)| {
-            let key = format!("k{i}");
-            let producer = &producer;
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(topic).key(&key).payload(v),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-                    .expect("acked")
-            }
-        });
-        for d in futures::future::join_all(futs).await {
-            let e = ends.entry(d.partition).or_insert(0);
-            *e = (*e).max(d.offset + 1);
-        }
-    }
-    ends
+    produce_to(&brokers(), topic, values).await
 }
 
 /// Committed offsets of `group` for `topic`'s partitions in `ends`.
@@ -514,14 +487,16 @@ pub fn wait_port(addr: &str) {
     }
 }
 
-/// Produces `values` to `topic` on another broker.
-pub async fn produce_to(brokers: &str, topic: &str, values: &[String]) {
+/// Produces `values` to `topic` on `brokers` (keys `k<i>`) and waits for every
+/// acknowledgement; returns the end offsets per partition.
+pub async fn produce_to(brokers: &str, topic: &str, values: &[String]) -> Ends {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
         .expect("producer");
+    let mut ends = Ends::new();
     for chunk in values.chunks(5000) {
         let futs = chunk.iter().enumerate().map(|(i, v)| {
             let key = format!("k{i}");
@@ -537,8 +512,12 @@ pub async fn produce_to(brokers: &str, topic: &str, values: &[String]) {
                     .expect("acked")
             }
         });
-        futures::future::join_all(futs).await;
+        for d in futures::future::join_all(futs).await {
+            let e = ends.entry(d.partition).or_insert(0);
+            *e = (*e).max(d.offset + 1);
+        }
     }
+    ends
 }
 
 /// Reads values of `topic` on another broker until `expected` distinct values or the timeout.
