@@ -248,12 +248,7 @@ async fn redis_down_fail_open_bypasses_and_fail_closed_stalls_then_resumes() {
     for mode in ["fail_open", "fail_closed"] {
         let dir = tempfile::tempdir().expect("tmp");
         let mut redis = Private::redis();
-        let port = redis
-            .addr
-            .rsplit(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let port = redis.port();
         let input = unique("dr-in");
         let output = unique("dr-out");
         create_topic(&input, 2).await;
@@ -299,25 +294,7 @@ async fn redis_down_fail_open_bypasses_and_fail_closed_stalls_then_resumes() {
                 "fail_closed forwards nothing while Redis is down"
             );
             // Redis back on the same port: everything comes through, nothing lost.
-            let child = std::process::Command::new("redis-server")
-                .args([
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    &port,
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis again");
-            redis = Private {
-                child,
-                addr: redis.addr.clone(),
-            };
-            wait_port(&redis.addr);
+            redis = Private::redis_on(port);
             let after = read_all(&output, 1000, Duration::from_secs(60)).await;
             let keys: HashSet<String> = after.iter().map(|c| key_of(&c.value)).collect();
             assert_eq!(

@@ -520,40 +520,6 @@ async fn verify(
     pool.close().await;
 }
 
-fn committed_on(
-    brokers: &str,
-    group: &str,
-    topic: &str,
-    ends: &BTreeMap<i32, i64>,
-) -> BTreeMap<i32, i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in ends.keys() {
-        tpl.add_partition(topic, *p);
-    }
-    c.committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed")
-        .elements()
-        .iter()
-        .map(|e| {
-            (
-                e.partition(),
-                if let Offset::Offset(o) = e.offset() {
-                    o
-                } else {
-                    -1
-                },
-            )
-        })
-        .collect()
-}
-
 /// Waits until process `i` has joined every group (partitions assigned to dedup, store and
 /// dead-letters). Faults are injected only after that: the Tansu build used here never expires a
 /// member that left while its group join was still pending, which would stall the group.
@@ -653,12 +619,7 @@ async fn s2_postgres_stopped_and_restarted() {
 async fn s3_redis_stopped_fail_open_and_fail_closed() {
     for mode in ["fail_open", "fail_closed"] {
         let mut redis = Private::redis();
-        let port = redis
-            .addr
-            .rsplit(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let port = redis.port();
         let svc = Services {
             redis: format!("redis://{}", redis.addr),
             ..shared()
@@ -674,24 +635,7 @@ async fn s3_redis_stopped_fail_open_and_fail_closed() {
         redis.stop();
         tokio::time::sleep(Duration::from_secs(8)).await;
         let t = Instant::now();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis");
-        redis = Private {
-            child,
-            addr: redis.addr.clone(),
-        };
+        redis = Private::redis_on(port);
         sender.await.expect("sender");
         verify(
             &p,

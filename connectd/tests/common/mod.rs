@@ -50,8 +50,13 @@ pub async fn produce(topic: &str, values: &[String]) -> Ends {
 
 /// Committed offsets of `group` for `topic`'s partitions in `ends`.
 pub fn committed(group: &str, topic: &str, ends: &Ends) -> Ends {
+    committed_on(&brokers(), group, topic, ends)
+}
+
+/// Committed offsets of `group` on `brokers` for `topic`'s partitions in `ends` (-1: none).
+pub fn committed_on(brokers: &str, group: &str, topic: &str, ends: &Ends) -> Ends {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .create()
         .expect("consumer");
@@ -59,10 +64,9 @@ pub fn committed(group: &str, topic: &str, ends: &Ends) -> Ends {
     for p in ends.keys() {
         tpl.add_partition(topic, *p);
     }
-    let got = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
-    got.elements()
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
         .iter()
         .map(|e| {
             (
@@ -426,7 +430,11 @@ impl Private {
     }
 
     pub fn redis() -> Self {
-        let port = free_port();
+        Self::redis_on(free_port())
+    }
+
+    /// A redis-server on `port` (e.g. again on the port of one that was stopped).
+    pub fn redis_on(port: u16) -> Self {
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new("redis-server")
             .args([
@@ -445,6 +453,15 @@ impl Private {
             .expect("spawn redis-server");
         wait_port(&addr);
         Private { child, addr }
+    }
+
+    /// The port this server listens on.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn signal(&self, sig: &str) {
