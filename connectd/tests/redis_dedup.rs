@@ -252,6 +252,9 @@ async fn redis_down_fail_open_bypasses_and_fail_closed_stalls_then_resumes() {
         let input = unique("dr-in");
         let output = unique("dr-out");
         create_topic(&input, 2).await;
+        // Created before any reader subscribes: a subscription to a topic that does not exist
+        // yet only notices it at the next metadata refresh (minutes).
+        create_topic(&output, 3).await;
         let prefix = unique("key");
         let first: Vec<String> = (0..500).map(|i| format!("{prefix}-a{i}")).collect();
         produce(&input, &payloads(&first)).await;
