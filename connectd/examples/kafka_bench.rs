@@ -285,7 +285,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tpl.add_partition(&topic, p);
             }
             let start = Instant::now();
-            let mut first_progress: Option<Instant> = None;
+            let mut first_progress: Option<(Instant, u64)> = None;
             loop {
                 let committed = c.committed_offsets(tpl.clone(), Duration::from_secs(10))?;
                 let by_part: BTreeMap<i32, i64> = committed
@@ -303,8 +303,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     })
                     .collect();
                 let total: i64 = by_part.values().sum();
-                if total > 0 {
-                    first_progress.get_or_insert_with(Instant::now);
+                if total > 0 && first_progress.is_none() {
+                    first_progress = Some((Instant::now(), total as u64));
                 }
                 if total as u64 >= count {
                     break;
@@ -314,7 +314,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            report("group", count, start.elapsed().as_secs_f64());
+            let seconds = start.elapsed().as_secs_f64();
+            // Steady state: from the first commit (the group has joined and a first batch is
+            // done) to the last, over the records committed in between.
+            let steady = first_progress.map(|(t, n)| {
+                let s = t.elapsed().as_secs_f64();
+                if s > 0.0 {
+                    (count.saturating_sub(n)) as f64 / s
+                } else {
+                    0.0
+                }
+            });
+            println!(
+                "{}",
+                serde_json::json!({
+                    "what": "group",
+                    "records": count,
+                    "seconds": (seconds * 1000.0).round() / 1000.0,
+                    "per_second": (count as f64 / seconds).round(),
+                    "steady_per_second": steady.map(f64::round),
+                })
+            );
         }
     }
     Ok(())

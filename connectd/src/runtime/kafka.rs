@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use connector_core::{Bytes, EmitError, Emitter, Output, Record};
-use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::ClientConfig;
 
 use crate::config::{Config, KafkaSettings};
@@ -64,6 +63,10 @@ pub fn consumer_config(k: &KafkaSettings, group: &str, start_earliest: bool) -> 
         // Bounded read-ahead per partition (memory stays bounded under backlog).
         .set("queued.max.messages.kbytes", "16384")
         .set("fetch.max.bytes", "16777216")
+        // librdkafka waits a full second (the default) before fetching a partition again once
+        // its local queue was over a threshold; under backlog that stalled every partition in
+        // waves (measured: ~0.7 s gaps, a third of the time). 10 ms keeps the queue fed.
+        .set("fetch.queue.backoff.ms", "10")
         .set("partition.assignment.strategy", "range,roundrobin")
         .set("statistics.interval.ms", "5000");
     for (key, v) in &k.consumer {
@@ -217,7 +220,16 @@ impl SharedProducer {
         records: &[(&str, &Record)],
         queue_timeout: Duration,
     ) -> Vec<Result<(), KafkaError>> {
-        let futures = records.iter().map(|(topic, r)| {
+        self.enqueue_all(records, queue_timeout).await.wait().await
+    }
+
+    /// Puts every record into the producer's queue, in order, and returns without waiting for
+    /// the broker: the caller can do other work while the acknowledgements come in
+    /// ([`Acks::wait`]). Waits (up to `queue_timeout`) only while the local queue is full.
+    pub async fn enqueue_all(&self, records: &[(&str, &Record)], queue_timeout: Duration) -> Acks {
+        let deadline = tokio::time::Instant::now() + queue_timeout;
+        let mut acks = Vec::with_capacity(records.len());
+        for (topic, r) in records {
             let mut fr: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(topic).payload(r.value.as_ref());
             if let Some(k) = &r.key {
@@ -229,14 +241,26 @@ impl SharedProducer {
             if let Some(ts) = r.timestamp_ms {
                 fr = fr.timestamp(ts);
             }
-            async move {
-                match self.inner.send(fr, queue_timeout).await {
-                    Ok(_) => Ok(()),
-                    Err((e, _)) => Err(e),
+            loop {
+                match self.inner.send_result(fr) {
+                    Ok(f) => {
+                        acks.push(Ok(f));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        fr = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => {
+                        acks.push(Err(e));
+                        break;
+                    }
                 }
             }
-        });
-        join_all(futures).await
+        }
+        Acks::new(acks)
     }
 
     /// Waits until everything queued is delivered (or the timeout passes).
@@ -254,6 +278,44 @@ impl SharedProducer {
         })
         .await
         .unwrap_or(false)
+    }
+}
+
+/// Outstanding acknowledgements of records put into the producer's queue, in their order.
+pub struct Acks {
+    pending: std::collections::VecDeque<Result<DeliveryFuture, KafkaError>>,
+    results: Vec<Result<(), KafkaError>>,
+}
+
+impl Acks {
+    fn new(pending: Vec<Result<DeliveryFuture, KafkaError>>) -> Self {
+        Acks {
+            results: Vec::with_capacity(pending.len()),
+            pending: pending.into(),
+        }
+    }
+
+    /// Waits until every acknowledgement is in. Cancel-safe: what arrived is kept, and a later
+    /// call (or [`wait`](Self::wait)) goes on from there.
+    pub async fn ready(&mut self) {
+        while let Some(front) = self.pending.front_mut() {
+            let r = match front {
+                Ok(f) => match f.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+                Err(e) => Err(e.clone()),
+            };
+            self.pending.pop_front();
+            self.results.push(r);
+        }
+    }
+
+    /// Waits for every acknowledgement: one result per record, in order.
+    pub async fn wait(mut self) -> Vec<Result<(), KafkaError>> {
+        self.ready().await;
+        self.results
     }
 }
 

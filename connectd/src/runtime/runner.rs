@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, Notify};
 use super::kafka::{consumer_config, to_record};
 use super::offsets::PartitionTracker;
 use super::status::{ConnectorHandle, Control, State};
-use super::worker::{BatchError, Instance, WorkerEnv};
+use super::worker::{Attempt, BatchError, Instance, WorkerEnv};
 use crate::config::{ConsumerSettings, KafkaSettings, StartFrom};
 
 type Tp = (Arc<str>, i32);
@@ -406,27 +406,58 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
         let shared = shared.clone();
         let done_tx = done_tx.clone();
         workers.push(tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
-                let generation = batch.generation;
-                let records = &batch.records;
-                let mut mark = |idx: &[usize]| {
-                    let done: Vec<(Tp, i64)> = idx
-                        .iter()
-                        .filter_map(|i| records[*i].origin.as_ref())
-                        .map(|o| ((o.topic.clone(), o.partition), o.offset))
-                        .collect();
-                    shared.complete(generation, &done);
+            // A transform's batch whose outputs are queued, acknowledgements outstanding: the
+            // next batch is transformed meanwhile (its Redis round trip overlaps these acks).
+            let mut pending: Option<(Batch, Attempt)> = None;
+            let report = |error: Option<BatchError>| {
+                let _ = done_tx.send(SlotDone { slot: i, error });
+                shared.wake.notify_one();
+            };
+            loop {
+                let next = match pending.as_mut() {
+                    None => rx.recv().await,
+                    Some((_, attempt)) => {
+                        tokio::select! {
+                            b = rx.recv() => b,
+                            () = attempt.acked() => {
+                                // Nothing new came first: settle the pending batch now.
+                                if let Some((b, a)) = pending.take() {
+                                    if let Err(e) = settle(&env, &shared, &mut instance, b, a).await {
+                                        report(Some(e));
+                                        break;
+                                    }
+                                }
+                                continue;
+                            }
+                        }
+                    }
                 };
-                let result = env.handle_batch(&mut instance, records, &mut mark).await;
+                let Some(batch) = next else { break };
+                let started = env.start(&mut instance, &batch.records).await;
+                // The previous batch settles before this one (its records come first).
+                let previous = match pending.take() {
+                    Some((b, a)) => settle(&env, &shared, &mut instance, b, a).await,
+                    None => Ok(()),
+                };
+                let result = match (previous, started) {
+                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+                    (Ok(()), Ok(a)) if a.awaits_acks() => {
+                        pending = Some((batch, a));
+                        Ok(())
+                    }
+                    (Ok(()), Ok(a)) => settle(&env, &shared, &mut instance, batch, a).await,
+                };
                 env.handle.set_details(instance.status());
                 let stop = result.is_err();
-                let _ = done_tx.send(SlotDone {
-                    slot: i,
-                    error: result.err(),
-                });
-                shared.wake.notify_one();
+                report(result.err());
                 if stop {
                     break;
+                }
+            }
+            // Channel closed (shutdown): finish what is queued, so its offsets can be committed.
+            if let Some((b, a)) = pending.take() {
+                if let Err(e) = settle(&env, &shared, &mut instance, b, a).await {
+                    report(Some(e));
                 }
             }
             if let Err(e) = instance.close().await {
@@ -667,7 +698,8 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
             Ok(None) | Err(_) => break,
         }
     }
-    commit(&consumer, &shared, &handle, CommitMode::Sync);
+    // Closing the channels lets each worker settle the batch whose acknowledgements it still
+    // awaits; the final commit comes after.
     drop(slots);
     for w in workers {
         let left = deadline
@@ -678,11 +710,37 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
             Err(_) => tracing::warn!(connector = %name, "worker did not stop in time"),
         }
     }
+    while let Ok(d) = done_rx.try_recv() {
+        if let Some(e) = d.error {
+            failure.get_or_insert(e);
+        }
+    }
+    commit(&consumer, &shared, &handle, CommitMode::Sync);
     consumer.unsubscribe();
     match failure {
         Some(BatchError::Abandoned) | None => Ok(()),
         Some(e) => Err(e),
     }
+}
+
+/// Settles `attempt` of `batch`, reporting final records to the offset tracker.
+async fn settle(
+    env: &WorkerEnv,
+    shared: &Shared,
+    instance: &mut Instance,
+    batch: Batch,
+    attempt: Attempt,
+) -> Result<(), BatchError> {
+    let records = &batch.records;
+    let mut mark = |idx: &[usize]| {
+        let done: Vec<(Tp, i64)> = idx
+            .iter()
+            .filter_map(|i| records[*i].origin.as_ref())
+            .map(|o| ((o.topic.clone(), o.partition), o.offset))
+            .collect();
+        shared.complete(batch.generation, &done);
+    };
+    env.settle(instance, records, attempt, &mut mark).await
 }
 
 fn commit(

@@ -12,7 +12,7 @@ use connector_core::{
 use rand::Rng;
 
 use super::dlq::dead_letter;
-use super::kafka::{is_retriable, SharedProducer};
+use super::kafka::{is_retriable, Acks, SharedProducer};
 use super::status::{ConnectorHandle, State};
 use crate::config::{DlqBreakerSettings, RetrySettings};
 
@@ -236,136 +236,209 @@ impl WorkerEnv {
         batch: &[Record],
         done: &mut (dyn FnMut(&[usize]) + Send),
     ) -> Result<(), BatchError> {
-        let started = Instant::now();
+        let attempt = self.start(instance, batch).await?;
+        self.settle(instance, batch, attempt, done).await
+    }
+
+    /// The first attempt at `batch`: a sink's write, or a transform's call with its outputs put
+    /// into the producer's queue. The acknowledgements may still be outstanding: the caller can
+    /// start the next batch before it [`settle`](Self::settle)s this one.
+    pub async fn start(
+        &self,
+        instance: &mut Instance,
+        batch: &[Record],
+    ) -> Result<Attempt, BatchError> {
+        self.handle.metrics.batch_size.observe(batch.len() as f64);
+        let todo: Vec<usize> = (0..batch.len()).collect();
+        self.attempt(instance, batch, todo, 1, Instant::now()).await
+    }
+
+    /// One attempt at the records `todo` of `batch`.
+    async fn attempt(
+        &self,
+        instance: &mut Instance,
+        batch: &[Record],
+        todo: Vec<usize>,
+        number: u32,
+        started: Instant,
+    ) -> Result<Attempt, BatchError> {
         let m = &self.handle.metrics;
-        m.batch_size.observe(batch.len() as f64);
-        let mut todo: Vec<usize> = (0..batch.len()).collect();
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let subset: Cow<'_, [Record]> = if todo.len() == batch.len() {
-                Cow::Borrowed(batch)
-            } else {
-                Cow::Owned(todo.iter().map(|i| batch[*i].clone()).collect())
-            };
-            let mut retry: Vec<usize> = Vec::new();
-            let mut retry_error = String::new();
-            let mut dead: Vec<(usize, ConnectorError)> = Vec::new();
-            let mut finished: Vec<usize> = Vec::new();
-            match instance {
-                Instance::Sink(sink) => match sink.write(&subset).await {
-                    Ok(outcomes) if outcomes.len() == subset.len() => {
-                        for (j, o) in outcomes.into_iter().enumerate() {
-                            match o {
-                                RecordOutcome::Delivered => finished.push(todo[j]),
-                                RecordOutcome::Retriable(e) => {
-                                    retry_error = e.to_string();
-                                    retry.push(todo[j]);
-                                }
-                                RecordOutcome::Permanent(e) => dead.push((todo[j], e)),
+        let subset: Cow<'_, [Record]> = if todo.len() == batch.len() {
+            Cow::Borrowed(batch)
+        } else {
+            Cow::Owned(todo.iter().map(|i| batch[*i].clone()).collect())
+        };
+        let mut a = Attempt {
+            number,
+            started,
+            retry: Vec::new(),
+            retry_error: String::new(),
+            dead: Vec::new(),
+            finished: Vec::new(),
+            emits: Vec::new(),
+            acks: None,
+        };
+        match instance {
+            Instance::Sink(sink) => match sink.write(&subset).await {
+                Ok(outcomes) if outcomes.len() == subset.len() => {
+                    for (j, o) in outcomes.into_iter().enumerate() {
+                        match o {
+                            RecordOutcome::Delivered => a.finished.push(todo[j]),
+                            RecordOutcome::Retriable(e) => {
+                                a.retry_error = e.to_string();
+                                a.retry.push(todo[j]);
                             }
+                            RecordOutcome::Permanent(e) => a.dead.push((todo[j], e)),
                         }
-                        m.records_out.add(finished.len() as u64);
                     }
-                    Ok(outcomes) => {
+                    m.records_out.add(a.finished.len() as u64);
+                }
+                Ok(outcomes) => {
+                    return Err(BatchError::Crash(format!(
+                        "sink returned {} outcomes for {} records",
+                        outcomes.len(),
+                        subset.len()
+                    )))
+                }
+                Err(e) if e.is_retriable() => {
+                    a.retry_error = e.to_string();
+                    a.retry = todo;
+                }
+                Err(e) => return Err(BatchError::Crash(e.to_string())),
+            },
+            Instance::Transform(t, output) => {
+                let outcomes = match t.transform(&subset).await {
+                    Ok(o) if o.len() == subset.len() => o,
+                    Ok(o) => {
                         return Err(BatchError::Crash(format!(
-                            "sink returned {} outcomes for {} records",
-                            outcomes.len(),
+                            "transform returned {} outcomes for {} records",
+                            o.len(),
                             subset.len()
                         )))
                     }
                     Err(e) if e.is_retriable() => {
-                        retry_error = e.to_string();
-                        retry = todo.clone();
+                        a.retry_error = e.to_string();
+                        todo.iter()
+                            .map(|_| TransformOutcome::Retriable(e.clone()))
+                            .collect()
                     }
                     Err(e) => return Err(BatchError::Crash(e.to_string())),
-                },
-                Instance::Transform(t, output) => {
-                    let outcomes = match t.transform(&subset).await {
-                        Ok(o) if o.len() == subset.len() => o,
-                        Ok(o) => {
-                            return Err(BatchError::Crash(format!(
-                                "transform returned {} outcomes for {} records",
-                                o.len(),
-                                subset.len()
-                            )))
+                };
+                let mut emitted: Vec<(usize, Vec<Output>)> = Vec::new();
+                for (j, o) in outcomes.into_iter().enumerate() {
+                    match o {
+                        TransformOutcome::Emit(outs) if outs.is_empty() => {
+                            m.records_dropped.inc();
+                            a.finished.push(todo[j]);
                         }
-                        Err(e) if e.is_retriable() => {
-                            retry_error = e.to_string();
-                            todo.iter()
-                                .map(|_| TransformOutcome::Retriable(e.clone()))
-                                .collect()
+                        TransformOutcome::Emit(outs) => emitted.push((todo[j], outs)),
+                        TransformOutcome::Retriable(e) => {
+                            a.retry_error = e.to_string();
+                            a.retry.push(todo[j]);
                         }
-                        Err(e) => return Err(BatchError::Crash(e.to_string())),
-                    };
-                    let mut emits: Vec<(usize, Vec<Output>)> = Vec::new();
-                    for (j, o) in outcomes.into_iter().enumerate() {
-                        match o {
-                            TransformOutcome::Emit(outs) if outs.is_empty() => {
-                                m.records_dropped.inc();
-                                finished.push(todo[j]);
-                            }
-                            TransformOutcome::Emit(outs) => emits.push((todo[j], outs)),
-                            TransformOutcome::Retriable(e) => {
-                                retry_error = e.to_string();
-                                retry.push(todo[j]);
-                            }
-                            TransformOutcome::Permanent(e) => dead.push((todo[j], e)),
+                        TransformOutcome::Permanent(e) => a.dead.push((todo[j], e)),
+                    }
+                }
+                let items: Vec<(&str, &Record)> = emitted
+                    .iter()
+                    .flat_map(|(_, outs)| {
+                        outs.iter()
+                            .map(|o| (o.topic.as_deref().unwrap_or(output.as_str()), &o.record))
+                    })
+                    .collect();
+                a.acks = Some(self.producer.enqueue_all(&items, QUEUE_TIMEOUT).await);
+                a.emits = emitted.iter().map(|(i, outs)| (*i, outs.len())).collect();
+            }
+        }
+        Ok(a)
+    }
+
+    /// Finishes an attempt: waits for its acknowledgements, reports final records, dead-letters
+    /// permanent failures and retries the rest (with backoff) until every record is final.
+    pub async fn settle(
+        &self,
+        instance: &mut Instance,
+        batch: &[Record],
+        mut a: Attempt,
+        done: &mut (dyn FnMut(&[usize]) + Send),
+    ) -> Result<(), BatchError> {
+        let m = &self.handle.metrics;
+        loop {
+            if let Some(acks) = a.acks.take() {
+                let mut results = acks.wait().await.into_iter();
+                for (i, n) in std::mem::take(&mut a.emits) {
+                    let mut failure = None;
+                    for r in results.by_ref().take(n) {
+                        if let Err(e) = r {
+                            failure.get_or_insert(e);
                         }
                     }
-                    let items: Vec<(&str, &Record)> = emits
-                        .iter()
-                        .flat_map(|(_, outs)| {
-                            outs.iter()
-                                .map(|o| (o.topic.as_deref().unwrap_or(output.as_str()), &o.record))
-                        })
-                        .collect();
-                    let results = self.producer.produce_all(&items, QUEUE_TIMEOUT).await;
-                    let mut results = results.into_iter();
-                    for (i, outs) in &emits {
-                        let mut failure = None;
-                        for r in results.by_ref().take(outs.len()) {
-                            if let Err(e) = r {
-                                failure.get_or_insert(e);
-                            }
+                    match failure {
+                        None => {
+                            m.records_out.add(n as u64);
+                            a.finished.push(i);
                         }
-                        match failure {
-                            None => {
-                                m.records_out.add(outs.len() as u64);
-                                finished.push(*i);
-                            }
-                            Some(e) if is_retriable(&e) => {
-                                retry_error = format!("produce: {e}");
-                                retry.push(*i);
-                            }
-                            Some(e) => dead.push((
-                                *i,
-                                ConnectorError::permanent("produce_rejected", e.to_string()),
-                            )),
+                        Some(e) if is_retriable(&e) => {
+                            a.retry_error = format!("produce: {e}");
+                            a.retry.push(i);
                         }
+                        Some(e) => a.dead.push((
+                            i,
+                            ConnectorError::permanent("produce_rejected", e.to_string()),
+                        )),
                     }
                 }
             }
-            if !finished.is_empty() {
-                finished.sort_unstable();
-                done(&finished);
+            if !a.finished.is_empty() {
+                a.finished.sort_unstable();
+                done(&a.finished);
             }
-            if !dead.is_empty() || self.breaker.is_some() {
-                self.dead_letter(batch, &dead, finished.len() as u64, attempt)
+            if !a.dead.is_empty() || self.breaker.is_some() {
+                self.dead_letter(batch, &a.dead, a.finished.len() as u64, a.number)
                     .await?;
-                let idx: Vec<usize> = dead.iter().map(|(i, _)| *i).collect();
+                let idx: Vec<usize> = a.dead.iter().map(|(i, _)| *i).collect();
                 if !idx.is_empty() {
                     done(&idx);
                 }
             }
-            if retry.is_empty() {
+            if a.retry.is_empty() {
                 self.recovered();
-                m.batch_seconds.observe(started.elapsed().as_secs_f64());
+                m.batch_seconds.observe(a.started.elapsed().as_secs_f64());
                 return Ok(());
             }
-            self.before_retry(attempt, &retry_error).await?;
-            retry.sort_unstable();
-            todo = retry;
+            self.before_retry(a.number, &a.retry_error).await?;
+            let mut todo = std::mem::take(&mut a.retry);
+            todo.sort_unstable();
+            a = self
+                .attempt(instance, batch, todo, a.number + 1, a.started)
+                .await?;
+        }
+    }
+}
+
+/// An attempt at a batch whose outcome is not settled yet (see [`WorkerEnv::start`]).
+pub struct Attempt {
+    number: u32,
+    started: Instant,
+    retry: Vec<usize>,
+    retry_error: String,
+    dead: Vec<(usize, ConnectorError)>,
+    finished: Vec<usize>,
+    /// Emitting records (index, number of outputs), in the order of `acks`.
+    emits: Vec<(usize, usize)>,
+    acks: Option<Acks>,
+}
+
+impl Attempt {
+    /// Whether produce acknowledgements are outstanding (worth starting the next batch first).
+    pub fn awaits_acks(&self) -> bool {
+        self.acks.is_some()
+    }
+
+    /// Resolves when every acknowledgement is in (cancel-safe).
+    pub async fn acked(&mut self) {
+        if let Some(a) = &mut self.acks {
+            a.ready().await;
         }
     }
 }

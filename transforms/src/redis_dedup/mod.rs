@@ -25,6 +25,10 @@
 //! `evicted_keys` in its status so that eviction is visible. Redis Cluster is not supported yet
 //! (a `redis://` URL of one node or a proxy only).
 
+mod key;
+
+pub use key::{find_key, KeyError, KeyPath};
+
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
@@ -89,7 +93,8 @@ fn default_timeout() -> Duration {
     Duration::from_secs(1)
 }
 
-/// Check-and-set of one key: 1 new, 2 same coordinates (redelivery), 0 duplicate.
+/// Check-and-set of one key for Redis before 7.0 (which cannot combine `SET … NX GET`):
+/// 1 new, 2 same coordinates (redelivery), 0 duplicate.
 const SCRIPT: &str = r#"
 local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 if ok then return 1 end
@@ -102,6 +107,17 @@ end
 return 0
 "#;
 
+/// How the check-and-set is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Method {
+    /// Redis ≥ 7.0: `SET key coords NX GET PX window` — one native atomic command that sets a
+    /// new key and returns an existing key's value (the first copy's coordinates) unchanged.
+    /// Several times cheaper for Redis than a script call.
+    SetNxGet,
+    /// Older Redis: the Lua script above, by its SHA.
+    Script(String),
+}
+
 struct DedupMetrics {
     forwarded: Counter,
     redelivered: Counter,
@@ -113,27 +129,14 @@ struct DedupMetrics {
 /// The transform.
 pub struct RedisDedup {
     config: RedisDedupConfig,
+    key_path: KeyPath,
     prefix: String,
     redis: Arc<RedisConn>,
-    sha: Option<String>,
+    method: Option<Method>,
     metrics: DedupMetrics,
     evicted_keys: Option<u64>,
     evicted_checked: Option<Instant>,
     seen: u64,
-}
-
-/// Extracts the idempotency key named by `field` (a name or a JSON pointer).
-pub fn extract_key(value: &Value, field: &str) -> Option<String> {
-    let v = if field.starts_with('/') {
-        value.pointer(field)
-    } else {
-        value.get(field)
-    };
-    match v? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 enum Check {
@@ -143,53 +146,82 @@ enum Check {
 }
 
 impl RedisDedup {
-    async fn load_script(&mut self) -> Result<String, RedisCallError> {
-        let sha: String = self
-            .redis
-            .call(redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT))
-            .await?;
-        self.sha = Some(sha.clone());
-        Ok(sha)
+    /// Picks the method by the server's version (once per connection lifetime; again after
+    /// `NOSCRIPT`, when Redis restarted, possibly as another version).
+    async fn method(&mut self) -> Result<Method, RedisCallError> {
+        if let Some(m) = &self.method {
+            return Ok(m.clone());
+        }
+        let info: String = self.redis.call(redis::cmd("INFO").arg("server")).await?;
+        let major = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        let m = if major >= 7 {
+            Method::SetNxGet
+        } else {
+            let sha: String = self
+                .redis
+                .call(redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT))
+                .await?;
+            Method::Script(sha)
+        };
+        tracing::debug!(method = ?m, redis_major = major, "dedup check-and-set method");
+        self.method = Some(m.clone());
+        Ok(m)
     }
 
     /// One pipelined round trip for the whole batch.
     async fn check(&mut self, keys: &[(String, String)]) -> Result<Vec<Check>, RedisCallError> {
         let window_ms = self.config.window.as_std().as_millis().max(1) as u64;
         for attempt in 0..2 {
-            let sha = match &self.sha {
-                Some(s) => s.clone(),
-                None => self.load_script().await?,
-            };
+            let method = self.method().await?;
             let mut pipe = redis::pipe();
             for (k, coords) in keys {
-                pipe.cmd("EVALSHA")
-                    .arg(&sha)
-                    .arg(1)
-                    .arg(k)
-                    .arg(coords)
-                    .arg(window_ms);
+                match &method {
+                    Method::SetNxGet => pipe
+                        .cmd("SET")
+                        .arg(k)
+                        .arg(coords)
+                        .arg("NX")
+                        .arg("GET")
+                        .arg("PX")
+                        .arg(window_ms),
+                    Method::Script(sha) => pipe
+                        .cmd("EVALSHA")
+                        .arg(sha)
+                        .arg(1)
+                        .arg(k)
+                        .arg(coords)
+                        .arg(window_ms),
+                };
             }
             let started = Instant::now();
-            let r: Result<Vec<i64>, RedisCallError> = self.redis.pipeline(&pipe).await;
+            let r: Result<Vec<redis::Value>, RedisCallError> = self.redis.pipeline(&pipe).await;
             self.metrics
                 .latency
                 .observe(started.elapsed().as_secs_f64());
             match r {
-                Ok(codes) => {
-                    return Ok(codes
-                        .into_iter()
-                        .map(|c| match c {
-                            1 => Check::New,
-                            2 => Check::Redelivered,
-                            _ => Check::Duplicate,
-                        })
-                        .collect())
+                Ok(replies) if replies.len() == keys.len() => {
+                    return replies
+                        .iter()
+                        .zip(keys)
+                        .map(|(v, (_, coords))| classify(&method, v, coords))
+                        .collect()
+                }
+                Ok(replies) => {
+                    return Err(RedisCallError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "pipeline reply count mismatch",
+                        format!("{} replies for {} commands", replies.len(), keys.len()),
+                    ))))
                 }
                 Err(RedisCallError::Redis(e))
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
                         && attempt == 0 =>
                 {
-                    self.sha = None; // Redis restarted: load the script again.
+                    self.method = None; // Redis restarted: load the script again.
                 }
                 Err(e) => return Err(e),
             }
@@ -221,6 +253,33 @@ impl RedisDedup {
     }
 }
 
+/// One reply of the pipeline: `SET … NX GET` answers nil for a new key, else the stored
+/// coordinates; the script answers 1 / 2 / 0.
+fn classify(method: &Method, v: &redis::Value, coords: &str) -> Result<Check, RedisCallError> {
+    let unexpected = |v: &redis::Value| {
+        RedisCallError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unexpected dedup reply",
+            format!("{v:?}"),
+        )))
+    };
+    match (method, v) {
+        (Method::SetNxGet, redis::Value::Nil) => Ok(Check::New),
+        (Method::SetNxGet, redis::Value::BulkString(b)) => {
+            Ok(if b.as_slice() == coords.as_bytes() {
+                Check::Redelivered
+            } else {
+                Check::Duplicate
+            })
+        }
+        (Method::Script(_), redis::Value::Int(1)) => Ok(Check::New),
+        (Method::Script(_), redis::Value::Int(2)) => Ok(Check::Redelivered),
+        (Method::Script(_), redis::Value::Int(0)) => Ok(Check::Duplicate),
+        (_, redis::Value::ServerError(e)) => Err(RedisCallError::Redis(e.clone().into())),
+        (_, other) => Err(unexpected(other)),
+    }
+}
+
 fn output_record(r: &Record) -> Record {
     let mut out = r.clone();
     out.origin = None;
@@ -237,25 +296,25 @@ impl Transform for RedisDedup {
         let mut keys = Vec::with_capacity(batch.len());
         let mut idx = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
-            let value: Value = match serde_json::from_slice(&r.value) {
-                Ok(v) => v,
-                Err(e) => {
+            let key = match find_key(&r.value, &self.key_path) {
+                Ok(k) => k,
+                Err(KeyError::InvalidJson(e)) => {
                     outcomes[i] = Some(TransformOutcome::Permanent(ConnectorError::permanent(
                         "invalid_json",
                         format!("value is not JSON: {e}"),
                     )));
                     continue;
                 }
-            };
-            let Some(key) = extract_key(&value, &self.config.key) else {
-                outcomes[i] = Some(TransformOutcome::Permanent(ConnectorError::permanent(
-                    "missing_key",
-                    format!(
-                        "no idempotency key at {:?} (must be a non-empty string or a number)",
-                        self.config.key
-                    ),
-                )));
-                continue;
+                Err(KeyError::Missing) => {
+                    outcomes[i] = Some(TransformOutcome::Permanent(ConnectorError::permanent(
+                        "missing_key",
+                        format!(
+                            "no idempotency key at {:?} (must be a non-empty string or a number)",
+                            self.config.key
+                        ),
+                    )));
+                    continue;
+                }
             };
             let coords = r
                 .origin
@@ -385,9 +444,10 @@ impl TransformPlugin for RedisDedupPlugin {
             .map_err(|e| ConnectorError::permanent("bad_redis_url", e.to_string()))?;
         let m = &ctx.metrics;
         Ok(Box::new(RedisDedup {
+            key_path: KeyPath::parse(&config.key),
             prefix: format!("{}:{}", config.key_prefix, ctx.name),
             redis: Arc::new(redis),
-            sha: None,
+            method: None,
             metrics: DedupMetrics {
                 forwarded: m.counter(
                     "connectd_dedup_forwarded_total",
@@ -424,13 +484,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_by_name_or_pointer() {
-        let v = json!({"idempotency_key": "a", "n": 5, "nested": {"k": "b"}, "empty": ""});
-        assert_eq!(extract_key(&v, "idempotency_key").as_deref(), Some("a"));
-        assert_eq!(extract_key(&v, "n").as_deref(), Some("5"));
-        assert_eq!(extract_key(&v, "/nested/k").as_deref(), Some("b"));
-        assert_eq!(extract_key(&v, "empty"), None);
-        assert_eq!(extract_key(&v, "missing"), None);
+    fn replies_of_both_methods_classify() {
+        use redis::Value as V;
+        let native = Method::SetNxGet;
+        let coords = "t/0/5";
+        let c = |m: &Method, v: V| classify(m, &v, coords).map_err(|e| e.to_string());
+        assert!(matches!(c(&native, V::Nil), Ok(Check::New)));
+        assert!(matches!(
+            c(&native, V::BulkString(b"t/0/5".to_vec())),
+            Ok(Check::Redelivered)
+        ));
+        assert!(matches!(
+            c(&native, V::BulkString(b"t/1/5".to_vec())),
+            Ok(Check::Duplicate)
+        ));
+        assert!(
+            c(&native, V::Int(1)).is_err(),
+            "a reply of the wrong kind is an error"
+        );
+        let script = Method::Script("sha".into());
+        assert!(matches!(c(&script, V::Int(1)), Ok(Check::New)));
+        assert!(matches!(c(&script, V::Int(2)), Ok(Check::Redelivered)));
+        assert!(matches!(c(&script, V::Int(0)), Ok(Check::Duplicate)));
+        assert!(c(&script, V::Nil).is_err());
     }
 
     #[test]
