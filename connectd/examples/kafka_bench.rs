@@ -389,6 +389,11 @@ async fn pg_ceiling(
         let tag = tag.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = pool.acquire().await?;
+            if method == "copy-staging" {
+                sqlx::query(&format!("CREATE TEMP TABLE stage (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"))
+                    .execute(&mut *conn)
+                    .await?;
+            }
             let mut i = c * per;
             let end = (c + 1) * per;
             while i < end {
@@ -396,7 +401,7 @@ async fn pg_ceiling(
                 let vals: Vec<serde_json::Value> = (i..i + n as u64).map(|k| serde_json::from_str(&envelope(&tag, k)).unwrap_or_default()).collect();
                 let col = |f: &str| -> Vec<String> { vals.iter().map(|v| match &v[f] { serde_json::Value::String(s) => s.clone(), o => o.to_string() }).collect() };
                 let cols = ["idempotency_key", "event_ts", "trace_id", "schema_version", "source", "event_type", "user_id", "payload", "ingested_at"];
-                if method == "copy" {
+                if method == "copy" || method == "copy-staging" {
                     let mut data = String::new();
                     for v in &vals {
                         let line: Vec<String> = cols
@@ -407,9 +412,25 @@ async fn pg_ceiling(
                         data.push_str(&line.join("\t"));
                         data.push('\n');
                     }
-                    let mut copy = conn.copy_in_raw(&format!("COPY {table} ({}) FROM STDIN", cols.join(", "))).await?;
-                    copy.send(data.as_bytes()).await?;
-                    copy.finish().await?;
+                    if method == "copy" {
+                        let mut copy = conn.copy_in_raw(&format!("COPY {table} ({}) FROM STDIN", cols.join(", "))).await?;
+                        copy.send(data.as_bytes()).await?;
+                        copy.finish().await?;
+                    } else {
+                        // Idempotent COPY: into a temporary staging table, then one
+                        // INSERT … SELECT … ON CONFLICT DO NOTHING, in one transaction.
+                        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                        let mut copy = tx.copy_in_raw(&format!("COPY stage ({}) FROM STDIN", cols.join(", "))).await?;
+                        copy.send(data.as_bytes()).await?;
+                        copy.finish().await?;
+                        sqlx::query(&format!(
+                            "INSERT INTO {table} ({c}) SELECT {c} FROM stage ON CONFLICT (idempotency_key, event_ts) DO NOTHING",
+                            c = cols.join(", ")
+                        ))
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                    }
                 } else {
                     let sql = format!(
                         "INSERT INTO {table} ({}) SELECT u.c1, u.c2::timestamptz, u.c3, u.c4::integer, u.c5, u.c6, u.c7::uuid, u.c8::jsonb, u.c9::timestamptz \

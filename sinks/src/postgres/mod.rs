@@ -35,7 +35,7 @@ use connector_core::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use self::mapping::{envelope_columns, ColumnSpec, META};
+use self::mapping::{envelope_columns, ColumnSpec, Mapping, META};
 use self::sink::{PostgresSink, SinkMetrics};
 use self::sql::{insert_unnest, valid_ident, valid_table, Conflict};
 
@@ -203,6 +203,7 @@ impl SinkPlugin for PostgresSinkPlugin {
             sql,
             keys: config.conflict.clone(),
             conflict,
+            mapping: Mapping::new(&columns),
             columns,
             exactly_once: config.exactly_once,
             group_id: ctx.group_id.clone(),

@@ -8,7 +8,7 @@ use connector_core::prelude::*;
 use sqlx::postgres::PgConnection;
 use sqlx::PgPool;
 
-use super::mapping::{row, ColumnSpec};
+use super::mapping::{ColumnSpec, Mapping};
 use super::sql::Conflict;
 
 /// How a database error is to be treated.
@@ -66,6 +66,7 @@ pub struct SinkMetrics {
 pub struct PostgresSink {
     pub(super) pool: PgPool,
     pub(super) columns: Vec<(String, ColumnSpec)>,
+    pub(super) mapping: Mapping,
     pub(super) keys: Vec<String>,
     pub(super) conflict: Conflict,
     pub(super) sql: String,
@@ -282,7 +283,7 @@ impl Sink for PostgresSink {
         let mut outcomes = vec![RecordOutcome::Delivered; batch.len()];
         let mut rows: Vec<(usize, Row)> = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
-            match row(r, &self.columns) {
+            match self.mapping.row(r) {
                 Ok(v) => rows.push((i, v)),
                 Err(e) => outcomes[i] = RecordOutcome::Permanent(e),
             }
