@@ -50,6 +50,30 @@ print(f'{{"cpu_seconds": {cpu:.2f}, "peak_rss_mb": {rss/1024:.1f}}}')
 PY
 }
 
+# Cumulative CPU seconds of the services (PostgreSQL counts its exited backends too).
+svc_cpu() {
+  python3 - "$(getconf CLK_TCK)" <<'PY'
+import json, os, subprocess, sys
+tck = int(sys.argv[1])
+def ticks(pid, children=False):
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children else 0)
+def pids(*args):
+    r = subprocess.run(["pgrep", *args], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+out = {"tansu": sum(ticks(p) for p in pids("-f", "tansu")),
+       "redis": sum(ticks(p) for p in pids("-f", "redis-server"))}
+pm = pids("-o", "-x", "postgres")
+out["postgres"] = (ticks(pm[0], True) + sum(ticks(p) for p in pids("-P", str(pm[0])))) if pm else 0
+print(json.dumps({k: v / tck for k, v in out.items()}))
+PY
+}
+# JSON of per-service CPU seconds between two svc_cpu outputs.
+svc_delta() { python3 -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print(json.dumps({k+"_cpu_seconds": round(b[k]-a[k],2) for k in a}))' "$1" "$2"; }
+
 merge() { python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); r=a.get("records") or 1; a["cpu_us_per_record"]=round(a.get("cpu_seconds",0)*1e6/r,2) if "cpu_seconds" in a else None; print(json.dumps(a))' "$1" "$2"; }
 
 stop_connectd() { kill -TERM "$CD_PID" 2>/dev/null || true; wait "$CD_PID" 2>/dev/null || true; }
@@ -57,10 +81,12 @@ stop_connectd() { kill -TERM "$CD_PID" 2>/dev/null || true; wait "$CD_PID" 2>/de
 # Runs config $1 until group $2 committed $3 records of topic $4; records section $5.
 consume_bench() {
   local cfg=$1 group=$2 count=$3 topic=$4 section=$5
+  local line stats before
+  before=$(svc_cpu)
   start_connectd "$cfg" "$OUT_DIR/$section.log"
-  local line stats
   line=$("$KB" wait-group --group "$group" --topic "$topic" --count "$count")
   stats=$(proc_stats)
+  stats=$(merge "$stats" "$(svc_delta "$before" "$(svc_cpu)")")
   stop_connectd
   record "$section" "$(merge "$line" "$stats")"
 }
@@ -70,7 +96,10 @@ for run in $(seq 1 "$RUNS"); do
   S="b$run$$"
   # -- ceilings
   record pg_unnest_1 "$("$KB" pg-ceiling --rows "$COUNT" --conns 1 --method unnest)"
-  record pg_unnest_2 "$("$KB" pg-ceiling --rows "$COUNT" --conns 2 --method unnest)"
+  before=$(svc_cpu)
+  line=$("$KB" pg-ceiling --rows "$COUNT" --conns 2 --method unnest)
+  record pg_unnest_2 "$(merge "$line" "$(svc_delta "$before" "$(svc_cpu)")")"
+  record pg_copy_staging_2 "$("$KB" pg-ceiling --rows "$COUNT" --conns 2 --method copy-staging)"
   record pg_copy_1 "$("$KB" pg-ceiling --rows "$COUNT" --conns 1 --method copy)"
   record redis_ceiling "$("$KB" redis-ceiling --keys "$COUNT")"
   record broker_produce "$("$KB" produce --topic "$S-src" --count "$COUNT" --size "$SIZE" --partitions 6)"
@@ -121,7 +150,7 @@ connectors:
     redis_url: \${REDIS_URL}
     key_prefix: bench$S
     window: 2m
-    max_in_flight: 2
+    max_in_flight: 6
     batch: { max_records: 5000, linger: 20ms }
 YAML
   consume_bench "$OUT_DIR/dedup.yaml" "$S-dd" "$COUNT" "$S-dd" redis_dedup
@@ -142,8 +171,12 @@ YAML
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
   "$LG" --url http://127.0.0.1:18080 --key "$KEY" --count "$HTTP_COUNT" --batch 100 --dup-ratio 0 --concurrency 16 --report "$OUT_DIR/http.json" >/dev/null 2>&1
   stats=$(proc_stats)
+  # Half of the rate just measured: latency when the source is not saturated.
+  half=$(python3 -c 'import json;print(int(json.load(open("'"$OUT_DIR"'/http.json"))["events_per_second"]/2))')
+  "$LG" --url http://127.0.0.1:18080 --key "$KEY" --count "$((HTTP_COUNT / 2))" --rate "$half" --batch 100 --dup-ratio 0 --concurrency 16 --report "$OUT_DIR/http_half.json" >/dev/null 2>&1
   stop_connectd
   record http_source "$(merge "$(cat "$OUT_DIR/http.json")" "$stats")"
+  record http_half "$(cat "$OUT_DIR/http_half.json")"
 
   # -- end to end: HTTP -> dedup -> Postgres for E2E_SECONDS at full speed
   psql_q "CREATE TABLE e2e_$S (LIKE growth_events INCLUDING ALL)" >/dev/null
@@ -153,12 +186,14 @@ admin: { listen: \${CONNECTD_ADMIN} }
 topics: [ { name: $S-raw, partitions: 6 }, { name: $S-unique, partitions: 6 } ]
 connectors:
   - { name: ingest, type: http_source, output: $S-raw, listen: 127.0.0.1:18081, static_keys: [ { name: bench, key: $KEY } ], max_events: 1000 }
-  - { name: dedup, type: redis_dedup, input: $S-raw, output: $S-unique, group_id: $S-e2e-dd, redis_url: \${REDIS_URL}, key_prefix: e2e$S, window: 2m, max_in_flight: 2, batch: { max_records: 5000, linger: 20ms } }
+  - { name: dedup, type: redis_dedup, input: $S-raw, output: $S-unique, group_id: $S-e2e-dd, redis_url: \${REDIS_URL}, key_prefix: e2e$S, window: 2m, max_in_flight: 6, batch: { max_records: 5000, linger: 20ms } }
   - { name: store, type: postgres_sink, input: $S-unique, group_id: $S-e2e-pg, database_url: \${DATABASE_URL}, table: e2e_$S, pool_size: 2, max_in_flight: 2, batch: { max_records: 5000, linger: 50ms } }
 YAML
+  e2e_before=$(svc_cpu)
   start_connectd "$OUT_DIR/e2e.yaml" "$OUT_DIR/e2e.log"
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.1; done
-  "$LG" --url http://127.0.0.1:18081 --key "$KEY" --count 100000000 --duration "$E2E_SECONDS" --batch 100 --dup-ratio 0.2 --concurrency 8 --run-id "e2e$S" --report "$OUT_DIR/e2e.json" >/dev/null 2>&1
+  lg_cpu=$(python3 -c 'import resource,subprocess,sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); r=resource.getrusage(resource.RUSAGE_CHILDREN); print(round(r.ru_utime+r.ru_stime,2))' \
+    "$LG" --url http://127.0.0.1:18081 --key "$KEY" --count 100000000 --duration "$E2E_SECONDS" --batch 100 --dup-ratio 0.2 --concurrency 8 --run-id "e2e$S" --report "$OUT_DIR/e2e.json")
   accepted=$(python3 -c 'import json;print(json.load(open("'"$OUT_DIR"'/e2e.json"))["accepted_distinct_keys"])')
   rows_at_end=$(psql_q "SELECT count(*) FROM e2e_$S")
   t0=$(date +%s.%N)
@@ -172,7 +207,7 @@ YAML
   dupkeys=$(psql_q "SELECT count(*) - count(DISTINCT idempotency_key) FROM e2e_$S")
   stop_connectd
   record e2e "$(merge "$(cat "$OUT_DIR/e2e.json")" "{\"rows\": $rows, \"rows_at_end_of_load\": $rows_at_end, \"lag_at_end\": $((accepted - rows_at_end)), \"drain_seconds\": $drain, \"duplicate_rows\": $dupkeys, \"stored_per_second\": $(python3 -c "print(round($rows/($E2E_SECONDS+$drain)))")}")"
-  record e2e_stats "$stats"
+  record e2e_stats "$(merge "$(merge "$stats" "$(svc_delta "$e2e_before" "$(svc_cpu)")")" "{\"loadgen_cpu_seconds\": $lg_cpu, \"records\": $accepted}")"
   psql_q "DROP TABLE e2e_$S" >/dev/null
 done
 

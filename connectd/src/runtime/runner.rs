@@ -41,7 +41,7 @@ type Tp = (Arc<str>, i32);
 /// Most records taken from the consumer in one turn of the loop.
 const BURST: usize = 2000;
 /// Batches a slot may have waiting (besides the one in flight) before it stops reading.
-const READ_AHEAD_BATCHES: usize = 4;
+const READ_AHEAD_BATCHES: usize = 3;
 /// Longest time the runner stops taking records from the consumer because every slot is full,
 /// before it pauses partitions instead (and polls on, to stay in the group).
 const HOLD_LIMIT: Duration = Duration::from_secs(2);

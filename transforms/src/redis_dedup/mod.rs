@@ -1,8 +1,9 @@
 //! `redis_dedup`: forward each record whose idempotency key was not seen within the window;
 //! drop (or divert) duplicates. Replay-safe and pipelined (SPEC §7).
 //!
-//! For each record the transform runs one atomic check-and-set in Redis, all of a batch in one
-//! pipeline (one round trip per batch):
+//! For each record the transform runs one atomic check-and-set in Redis — `SET key coords NX GET
+//! PX window` (Redis ≥ 7.0; a Lua script on older servers) — all of a batch in one pipeline (one
+//! round trip per batch):
 //!
 //! * the key is new → it is stored with the record's coordinates (`topic/partition/offset`) as
 //!   its value and an expiry of `window`; the record is forwarded;
