@@ -7,8 +7,10 @@
 //!   connector instance ([`super::worker`]).
 //! * Tracks every read offset ([`super::offsets`]) and commits, per partition, only the prefix
 //!   of records whose outcome is final.
-//! * Backpressure: a slot with a full batch waiting, or too many buffered bytes, pauses its
-//!   partitions; polling goes on so the member stays in the group.
+//! * Backpressure: when every slot has a few batches waiting, the runner stops taking records
+//!   (librdkafka's bounded queue stops fetching); a slot far ahead of the others, too many
+//!   buffered bytes, or a hold longer than 2 s pause partitions instead, and polling goes on
+//!   so the member stays in the group.
 //! * Rebalance: on revocation it waits (bounded) for in-flight batches of the revoked
 //!   partitions, commits what is final, then lets the partitions go.
 //! * Shutdown: stops reading, waits (bounded) for in-flight batches, commits, leaves the group.
@@ -40,8 +42,14 @@ type Tp = (Arc<str>, i32);
 
 /// Most records taken from the consumer in one turn of the loop.
 const BURST: usize = 2000;
-/// Batches a slot may have waiting (besides the one in flight) before it stops reading.
+/// Batches a slot may have waiting (besides the one in flight) before it counts as ahead:
+/// when every slot is ahead, the runner stops taking records from the consumer (`hold`).
 const READ_AHEAD_BATCHES: usize = 3;
+/// Batches a slot may have waiting before its partitions are paused even though other slots
+/// still want records. Pausing purges librdkafka's fetched data for the partition, which is
+/// then fetched again on resume: with pausing at `READ_AHEAD_BATCHES` a 6-partition sink
+/// fetched ~5× its input from the broker.
+const MAX_AHEAD_BATCHES: usize = 10;
 /// Longest time the runner stops taking records from the consumer because every slot is full,
 /// before it pauses partitions instead (and polls on, to stay in the group).
 const HOLD_LIMIT: Duration = Duration::from_secs(2);
@@ -562,33 +570,26 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
             last_commit = Instant::now();
         }
 
-        // Backpressure and operator pause. A slot reads ahead while its worker is busy, up to
-        // a few batches, so the next batch is ready the moment the worker is free. Beyond that:
-        // * when every slot is that far ahead (a plain backlog), the runner simply stops taking
-        //   records from the consumer for a while (`hold`) — librdkafka's own bounded queue
-        //   stops fetching, and nothing is paused: pausing and resuming a partition costs a
-        //   fetch restart, measured at ~0.5 s per cycle on Tansu, which halved a sink's rate;
-        // * when only some slots are ahead, or the hold has lasted `HOLD_LIMIT` (a stuck worker:
-        //   polling must go on to stay in the group), the partitions of the full slots pause.
+        // Backpressure and operator pause (see [`backpressure`]).
         let buffered: usize = slots.iter().map(|s| s.bytes + s.busy_bytes).sum();
-        let over_memory = buffered >= settings.max_buffered_bytes;
         let assigned: Vec<Tp> = shared.lock().keys().cloned().collect();
-        let full = |s: &Slot| {
-            over_memory
-                || s.building.len() >= READ_AHEAD_BATCHES * batch.max_records
-                || s.bytes >= READ_AHEAD_BATCHES * batch.max_bytes
-        };
-        let all_full =
-            !assigned.is_empty() && assigned.iter().all(|tp| full(&slots[slot_of(tp.1)]));
-        if all_full && !operator_paused {
-            held_since.get_or_insert_with(Instant::now);
-        } else {
-            held_since = None;
+        let mut levels: Vec<Option<(usize, usize)>> = vec![None; slots.len()];
+        for tp in &assigned {
+            let s = &slots[slot_of(tp.1)];
+            levels[slot_of(tp.1)] = Some((s.building.len(), s.bytes));
         }
-        let hold = held_since.is_some_and(|t| t.elapsed() < HOLD_LIMIT);
+        let decision = backpressure(
+            &levels,
+            &batch,
+            buffered >= settings.max_buffered_bytes,
+            operator_paused,
+            &mut held_since,
+            Instant::now(),
+        );
+        let hold = decision.hold;
         let want: HashSet<Tp> = assigned
             .into_iter()
-            .filter(|tp| operator_paused || (!hold && full(&slots[slot_of(tp.1)])))
+            .filter(|tp| decision.pause[slot_of(tp.1)])
             .collect();
         let to_pause: Vec<(Tp, i64)> = want.difference(&paused).map(|tp| (tp.clone(), 0)).collect();
         let to_resume: Vec<(Tp, i64)> =
@@ -598,6 +599,7 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
             for ((t, p), _) in &to_pause {
                 tpl.add_partition(t, *p);
             }
+            handle.metrics.partition_pauses.add(to_pause.len() as u64);
             if let Err(e) = consumer.pause(&tpl) {
                 tracing::warn!(connector = %name, error = %e, "pause failed");
             }
@@ -762,6 +764,66 @@ async fn settle(
     env.settle(instance, records, attempt, &mut mark).await
 }
 
+/// What the runner does about buffered records in one turn of its loop.
+#[derive(Debug, PartialEq)]
+struct Decision {
+    /// Stop taking records from the consumer for now.
+    hold: bool,
+    /// Per slot: pause the slot's partitions.
+    pause: Vec<bool>,
+}
+
+/// Backpressure. A slot reads ahead while its worker is busy, up to `READ_AHEAD_BATCHES`
+/// batches, so the next batch is ready the moment the worker is free. Beyond that:
+/// * when every slot with partitions is that far ahead (a plain backlog) or the memory bound
+///   is reached, the runner stops taking records from the consumer (`hold`): librdkafka's own
+///   bounded queue stops fetching, and nothing is paused — pausing a partition throws away
+///   what librdkafka has fetched for it, and resuming fetches it again;
+/// * when only some slots are ahead, reading goes on (the others want records) and the ahead
+///   slots buffer more, up to `MAX_AHEAD_BATCHES`, past which their partitions pause;
+/// * when a hold has lasted `HOLD_LIMIT` (a stuck worker: polling must go on for the member
+///   to stay in its group), the ahead slots' partitions pause and polling resumes;
+/// * the operator's pause pauses everything.
+///
+/// `levels` holds, per slot, `(records, bytes)` waiting, or `None` for a slot without
+/// partitions. `held_since` is the hold's start, kept between turns.
+fn backpressure(
+    levels: &[Option<(usize, usize)>],
+    batch: &crate::config::BatchSettings,
+    over_memory: bool,
+    operator_paused: bool,
+    held_since: &mut Option<Instant>,
+    now: Instant,
+) -> Decision {
+    let ahead_by = |l: &Option<(usize, usize)>, n: usize| {
+        l.is_some_and(|(records, bytes)| {
+            over_memory || records >= n * batch.max_records || bytes >= n * batch.max_bytes
+        })
+    };
+    let active = levels.iter().any(Option::is_some);
+    let all_ahead = active
+        && levels
+            .iter()
+            .all(|l| l.is_none() || ahead_by(l, READ_AHEAD_BATCHES));
+    if all_ahead && !operator_paused {
+        held_since.get_or_insert(now);
+    } else {
+        *held_since = None;
+    }
+    let hold = held_since.is_some_and(|t| now.duration_since(t) < HOLD_LIMIT);
+    let expired = held_since.is_some() && !hold;
+    let pause = levels
+        .iter()
+        .map(|l| {
+            l.is_some()
+                && (operator_paused
+                    || (!hold && ahead_by(l, MAX_AHEAD_BATCHES))
+                    || (expired && ahead_by(l, READ_AHEAD_BATCHES)))
+        })
+        .collect();
+    Decision { hold, pause }
+}
+
 fn commit(
     consumer: &StreamConsumer<RunnerContext>,
     shared: &Shared,
@@ -780,5 +842,167 @@ fn commit(
         Err(e) => {
             tracing::warn!(connector = %handle.name, error = %e, "offset commit failed (will retry)")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BatchSettings;
+
+    fn batch() -> BatchSettings {
+        BatchSettings {
+            max_records: 100,
+            max_bytes: 1_000_000,
+            linger: BatchSettings::default().linger,
+        }
+    }
+
+    fn decide(levels: &[Option<usize>], held: &mut Option<Instant>, now: Instant) -> Decision {
+        let levels: Vec<_> = levels.iter().map(|l| l.map(|n| (n, n * 10))).collect();
+        backpressure(&levels, &batch(), false, false, held, now)
+    }
+
+    #[test]
+    fn reads_on_while_any_slot_wants_records() {
+        let now = Instant::now();
+        let mut held = None;
+        let d = decide(&[Some(0), Some(50)], &mut held, now);
+        assert_eq!(
+            d,
+            Decision {
+                hold: false,
+                pause: vec![false, false]
+            }
+        );
+        // One slot 3 batches ahead, the other hungry: nothing paused, reading goes on.
+        let d = decide(&[Some(300), Some(50)], &mut held, now);
+        assert_eq!(
+            d,
+            Decision {
+                hold: false,
+                pause: vec![false, false]
+            }
+        );
+        assert_eq!(held, None);
+    }
+
+    #[test]
+    fn a_slot_far_ahead_of_the_others_pauses() {
+        let mut held = None;
+        let d = decide(
+            &[Some(MAX_AHEAD_BATCHES * 100), Some(0)],
+            &mut held,
+            Instant::now(),
+        );
+        assert_eq!(
+            d,
+            Decision {
+                hold: false,
+                pause: vec![true, false]
+            }
+        );
+    }
+
+    #[test]
+    fn a_backlog_holds_without_pausing_until_the_hold_limit() {
+        let t0 = Instant::now();
+        let mut held = None;
+        // Slot 2 has no partitions: it does not keep the others reading.
+        let d = decide(&[Some(300), Some(2000), None], &mut held, t0);
+        assert_eq!(
+            d,
+            Decision {
+                hold: true,
+                pause: vec![false, false, false]
+            }
+        );
+        assert_eq!(held, Some(t0));
+        let d = decide(
+            &[Some(300), Some(2000), None],
+            &mut held,
+            t0 + HOLD_LIMIT / 2,
+        );
+        assert_eq!(
+            d,
+            Decision {
+                hold: true,
+                pause: vec![false, false, false]
+            }
+        );
+        // Stuck for longer: pause the ahead slots and poll on.
+        let d = decide(&[Some(300), Some(2000), None], &mut held, t0 + HOLD_LIMIT);
+        assert_eq!(
+            d,
+            Decision {
+                hold: false,
+                pause: vec![true, true, false]
+            }
+        );
+        // A slot drained: the hold ends and only the far-ahead slot stays paused.
+        let d = decide(&[Some(0), Some(2000), None], &mut held, t0 + HOLD_LIMIT * 2);
+        assert_eq!(
+            d,
+            Decision {
+                hold: false,
+                pause: vec![false, true, false]
+            }
+        );
+        assert_eq!(held, None);
+    }
+
+    #[test]
+    fn the_memory_bound_holds_every_slot() {
+        let t0 = Instant::now();
+        let mut held = None;
+        let levels = [Some((1, 10)), Some((0, 0))];
+        let d = backpressure(&levels, &batch(), true, false, &mut held, t0);
+        assert_eq!(
+            d,
+            Decision {
+                hold: true,
+                pause: vec![false, false]
+            }
+        );
+        let d = backpressure(&levels, &batch(), true, false, &mut held, t0 + HOLD_LIMIT);
+        assert_eq!(
+            d,
+            Decision {
+                hold: false,
+                pause: vec![true, true]
+            }
+        );
+    }
+
+    #[test]
+    fn the_operator_pause_pauses_every_assigned_slot_and_never_holds() {
+        let mut held = Some(Instant::now());
+        let levels = [Some((1000, 10)), None];
+        let d = backpressure(&levels, &batch(), false, true, &mut held, Instant::now());
+        assert_eq!(
+            d,
+            Decision {
+                hold: false,
+                pause: vec![true, false]
+            }
+        );
+        assert_eq!(held, None);
+    }
+
+    #[test]
+    fn bytes_count_like_records() {
+        let mut held = None;
+        let levels = [Some((1, 3_000_000)), Some((0, 0))];
+        let d = backpressure(&levels, &batch(), false, false, &mut held, Instant::now());
+        assert_eq!(
+            d,
+            Decision {
+                hold: false,
+                pause: vec![false, false]
+            }
+        );
+        let levels = [Some((1, 3_000_000)), Some((1, 3_000_000))];
+        let d = backpressure(&levels, &batch(), false, false, &mut held, Instant::now());
+        assert!(d.hold);
     }
 }

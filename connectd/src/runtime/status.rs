@@ -84,6 +84,8 @@ pub struct ConnectorMetrics {
     pub batch_seconds: Histogram,
     /// Offset commits.
     pub commits: Counter,
+    /// Partitions paused for backpressure (each resume fetches the partition's data again).
+    pub partition_pauses: Counter,
     state: Vec<(State, Gauge)>,
     base: Metrics,
 }
@@ -116,6 +118,10 @@ impl ConnectorMetrics {
                 LATENCY_BUCKETS,
             ),
             commits: m.counter("connectd_offset_commits_total", "Offset commits"),
+            partition_pauses: m.counter(
+                "connectd_partition_pauses_total",
+                "Partitions paused for backpressure or by the operator",
+            ),
             state: State::ALL
                 .iter()
                 .map(|s| {
