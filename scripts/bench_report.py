@@ -137,4 +137,10 @@ the ceilings above were measured with, so "vs. ceiling" compares connectd's end-
 (consume + transform/write + produce/commit) with the database or Redis doing only its own
 part. The `COPY` ceiling is not idempotent (a redelivery would store duplicates); the
 `unnest … ON CONFLICT` ceilings are what an idempotent writer can reach.
+
+"From process start" includes the consumer group's join: Tansu holds a new group's first
+`JoinGroup` for 3.0 s (librdkafka's protocol debug shows a 3003 ms round trip; Kafka's own
+`group.initial.rebalance.delay.ms` defaults to 3 s as well), during which nothing is read.
+For 1M records that is a third of the run, so the steady-state column is the one to set
+beside the ceilings, which are measured from memory without a consumer group.
 """)
