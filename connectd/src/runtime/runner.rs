@@ -36,7 +36,7 @@ use super::kafka::{consumer_config, to_record};
 use super::offsets::PartitionTracker;
 use super::status::{ConnectorHandle, Control, State};
 use super::worker::{Attempt, BatchError, Instance, WorkerEnv};
-use crate::config::{ConsumerSettings, KafkaSettings, StartFrom};
+use crate::config::{BatchSettings, ConsumerSettings, KafkaSettings, StartFrom};
 
 type Tp = (Arc<str>, i32);
 
@@ -575,8 +575,8 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
         let assigned: Vec<Tp> = shared.lock().keys().cloned().collect();
         let mut levels: Vec<Option<(usize, usize)>> = vec![None; slots.len()];
         for tp in &assigned {
-            let s = &slots[slot_of(tp.1)];
-            levels[slot_of(tp.1)] = Some((s.building.len(), s.bytes));
+            let i = slot_of(tp.1);
+            levels[i] = Some((slots[i].building.len(), slots[i].bytes));
         }
         let decision = backpressure(
             &levels,
@@ -789,7 +789,7 @@ struct Decision {
 /// partitions. `held_since` is the hold's start, kept between turns.
 fn backpressure(
     levels: &[Option<(usize, usize)>],
-    batch: &crate::config::BatchSettings,
+    batch: &BatchSettings,
     over_memory: bool,
     operator_paused: bool,
     held_since: &mut Option<Instant>,
@@ -848,13 +848,19 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BatchSettings;
 
     fn batch() -> BatchSettings {
         BatchSettings {
             max_records: 100,
             max_bytes: 1_000_000,
             linger: BatchSettings::default().linger,
+        }
+    }
+
+    fn expect(hold: bool, pause: &[bool]) -> Decision {
+        Decision {
+            hold,
+            pause: pause.to_vec(),
         }
     }
 
@@ -868,22 +874,10 @@ mod tests {
         let now = Instant::now();
         let mut held = None;
         let d = decide(&[Some(0), Some(50)], &mut held, now);
-        assert_eq!(
-            d,
-            Decision {
-                hold: false,
-                pause: vec![false, false]
-            }
-        );
+        assert_eq!(d, expect(false, &[false, false]));
         // One slot 3 batches ahead, the other hungry: nothing paused, reading goes on.
         let d = decide(&[Some(300), Some(50)], &mut held, now);
-        assert_eq!(
-            d,
-            Decision {
-                hold: false,
-                pause: vec![false, false]
-            }
-        );
+        assert_eq!(d, expect(false, &[false, false]));
         assert_eq!(held, None);
     }
 
@@ -895,13 +889,7 @@ mod tests {
             &mut held,
             Instant::now(),
         );
-        assert_eq!(
-            d,
-            Decision {
-                hold: false,
-                pause: vec![true, false]
-            }
-        );
+        assert_eq!(d, expect(false, &[true, false]));
     }
 
     #[test]
@@ -910,44 +898,20 @@ mod tests {
         let mut held = None;
         // Slot 2 has no partitions: it does not keep the others reading.
         let d = decide(&[Some(300), Some(2000), None], &mut held, t0);
-        assert_eq!(
-            d,
-            Decision {
-                hold: true,
-                pause: vec![false, false, false]
-            }
-        );
+        assert_eq!(d, expect(true, &[false, false, false]));
         assert_eq!(held, Some(t0));
         let d = decide(
             &[Some(300), Some(2000), None],
             &mut held,
             t0 + HOLD_LIMIT / 2,
         );
-        assert_eq!(
-            d,
-            Decision {
-                hold: true,
-                pause: vec![false, false, false]
-            }
-        );
+        assert_eq!(d, expect(true, &[false, false, false]));
         // Stuck for longer: pause the ahead slots and poll on.
         let d = decide(&[Some(300), Some(2000), None], &mut held, t0 + HOLD_LIMIT);
-        assert_eq!(
-            d,
-            Decision {
-                hold: false,
-                pause: vec![true, true, false]
-            }
-        );
+        assert_eq!(d, expect(false, &[true, true, false]));
         // A slot drained: the hold ends and only the far-ahead slot stays paused.
         let d = decide(&[Some(0), Some(2000), None], &mut held, t0 + HOLD_LIMIT * 2);
-        assert_eq!(
-            d,
-            Decision {
-                hold: false,
-                pause: vec![false, true, false]
-            }
-        );
+        assert_eq!(d, expect(false, &[false, true, false]));
         assert_eq!(held, None);
     }
 
@@ -957,21 +921,9 @@ mod tests {
         let mut held = None;
         let levels = [Some((1, 10)), Some((0, 0))];
         let d = backpressure(&levels, &batch(), true, false, &mut held, t0);
-        assert_eq!(
-            d,
-            Decision {
-                hold: true,
-                pause: vec![false, false]
-            }
-        );
+        assert_eq!(d, expect(true, &[false, false]));
         let d = backpressure(&levels, &batch(), true, false, &mut held, t0 + HOLD_LIMIT);
-        assert_eq!(
-            d,
-            Decision {
-                hold: false,
-                pause: vec![true, true]
-            }
-        );
+        assert_eq!(d, expect(false, &[true, true]));
     }
 
     #[test]
@@ -979,13 +931,7 @@ mod tests {
         let mut held = Some(Instant::now());
         let levels = [Some((1000, 10)), None];
         let d = backpressure(&levels, &batch(), false, true, &mut held, Instant::now());
-        assert_eq!(
-            d,
-            Decision {
-                hold: false,
-                pause: vec![true, false]
-            }
-        );
+        assert_eq!(d, expect(false, &[true, false]));
         assert_eq!(held, None);
     }
 
@@ -994,13 +940,7 @@ mod tests {
         let mut held = None;
         let levels = [Some((1, 3_000_000)), Some((0, 0))];
         let d = backpressure(&levels, &batch(), false, false, &mut held, Instant::now());
-        assert_eq!(
-            d,
-            Decision {
-                hold: false,
-                pause: vec![false, false]
-            }
-        );
+        assert_eq!(d, expect(false, &[false, false]));
         let levels = [Some((1, 3_000_000)), Some((1, 3_000_000))];
         let d = backpressure(&levels, &batch(), false, false, &mut held, Instant::now());
         assert!(d.hold);
