@@ -46,13 +46,27 @@ connectors:
 }
 
 async fn start(redis: &str, brokers: Option<&str>, extra: &str) -> Ingest {
+    start_with(redis, brokers, extra, |y| y).await
+}
+
+/// [`start`], with the whole YAML passed through `edit` first.
+async fn start_with(
+    redis: &str,
+    brokers: Option<&str>,
+    extra: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Ingest {
     let dir = tempfile::tempdir().expect("tmp");
     let topic = unique("http");
     if brokers.is_none() {
         create_topic(&topic, 3).await;
     }
     let addr = format!("127.0.0.1:{}", free_port());
-    let cfg = write_file(dir.path(), "c.yaml", &config(&topic, &addr, redis, extra));
+    let cfg = write_file(
+        dir.path(),
+        "c.yaml",
+        &edit(config(&topic, &addr, redis, extra)),
+    );
     let mut envs = vec![("DATABASE_URL", database_url())];
     if let Some(b) = brokers {
         envs.push(("KAFKA_BROKERS", b.to_string()));
@@ -694,4 +708,158 @@ async fn broker_paused_gives_503_within_the_timeout_and_nothing_acknowledged_is_
         missing.len()
     );
     assert!(accepted.len() >= 20);
+}
+
+/// An event whose payload holds `keys` keys (~12 bytes each in the envelope).
+fn big_event(keys: usize) -> Value {
+    let mut e = event(0);
+    let payload: serde_json::Map<String, Value> =
+        (0..keys).map(|i| (format!("k{i}"), json!(i))).collect();
+    e["payload"] = Value::Object(payload);
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_a_broker_message_is_413_naming_it_never_503() {
+    // max_event_bytes 500 kB; the producer's message.max.bytes 300 kB, so an event between the
+    // two reaches the producer and is refused there.
+    let s = start_with(&redis_url(), None, "    max_event_bytes: 500000\n", |y| {
+        y.replace(
+            "kafka:\n  brokers: ${KAFKA_BROKERS}\n",
+            "kafka:\n  brokers: ${KAFKA_BROKERS}\n  producer:\n    message.max.bytes: 300000\n",
+        )
+    })
+    .await;
+    let huge = big_event(60_000); // ~700 kB envelope
+    let r = post(&s.addr, STATIC_KEY, &json!([event(1), huge]), &[]).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["error"], "event_too_large", "{}", r.body);
+    assert_eq!(j["errors"][0]["index"], 1, "{}", r.body);
+    assert_eq!(j["errors"][0]["limit"], 500_000, "{}", r.body);
+    assert!(j["errors"][0]["bytes"].as_u64().unwrap_or(0) > 500_000);
+
+    // Under max_event_bytes, over the producer's limit: still 413, never a 503 to retry.
+    let medium = big_event(30_000); // ~350 kB
+    let r = post(&s.addr, STATIC_KEY, &medium, &[]).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.json()["error"], "event_too_large", "{}", r.body);
+    assert!(r.header("retry-after").is_none());
+
+    // Nothing of the refused requests is in the topic: only the event accepted afterwards.
+    let ok = post(&s.addr, STATIC_KEY, &event(2), &[]).await;
+    assert_eq!(ok.status, 202, "{}", ok.body);
+    let key = ok.json()["idempotency_keys"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let got = read_all(&s.topic, 1, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = read_all(&s.topic, usize::MAX, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(again.len(), 1, "a refused event reached the topic");
+    let v: Value = serde_json::from_str(&again[0].value).expect("json");
+    assert_eq!(v["idempotency_key"], key.as_str());
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("write");
+    e.finish().expect("finish")
+}
+
+fn encoded_req(addr: &str, encoding: &str, body: &[u8]) -> Vec<u8> {
+    req(
+        addr,
+        &format!(
+            "x-api-key: {STATIC_KEY}\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}\r\n"
+        ),
+        body,
+    )
+}
+
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_bodies_are_decoded_and_bombs_bad_streams_and_unknown_codings_refused() {
+    use std::io::Write;
+    let s = start(&redis_url(), None, "").await;
+    let events: Vec<Value> = (0..100).map(event).collect();
+    let plain = Value::Array(events).to_string().into_bytes();
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&plain).expect("zlib");
+    let zlib = z.finish().expect("zlib");
+    let zst = zstd::encode_all(&plain[..], 3).expect("zstd");
+    let mut accepted = HashSet::new();
+    for (name, enc, body) in [
+        ("gzip", "gzip", gzip(&plain)),
+        ("deflate", "deflate", zlib),
+        ("zstd", "zstd", zst),
+        (
+            "gzip then zstd",
+            "gzip, zstd",
+            zstd::encode_all(&gzip(&plain)[..], 1).expect("zstd"),
+        ),
+        ("identity", "identity", plain.clone()),
+    ] {
+        let r = http_raw(&s.addr, &encoded_req(&s.addr, enc, &body)).await;
+        assert_eq!(r.status, 202, "{name}: {}", r.body);
+        assert_eq!(r.json()["accepted"], 100, "{name}: {}", r.body);
+        for k in r.json()["idempotency_keys"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            accepted.insert(k.as_str().unwrap_or_default().to_string());
+        }
+    }
+    // The same 100 events each time: their derived keys collapse to 100 distinct ones.
+    assert_eq!(accepted.len(), 100);
+
+    // The header on a plain body: the body is not gzip → 400, nothing accepted.
+    let r = http_raw(&s.addr, &encoded_req(&s.addr, "gzip", &plain)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"], "bad_content_encoding", "{}", r.body);
+    // Truncated zstd → 400.
+    let zst = zstd::encode_all(&plain[..], 3).expect("zstd");
+    let r = http_raw(
+        &s.addr,
+        &encoded_req(&s.addr, "zstd", &zst[..zst.len() / 2]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Unknown coding → 415 naming the supported ones.
+    let r = http_raw(&s.addr, &encoded_req(&s.addr, "br", &plain)).await;
+    assert_eq!(r.status, 415, "{}", r.body);
+    assert!(r.body.contains("gzip"), "{}", r.body);
+    assert_eq!(
+        r.header("accept-encoding").as_deref(),
+        Some("gzip, deflate, zstd, identity")
+    );
+
+    // Bombs: ~40 kB of zstd that decodes to 1 GiB (one 1 MiB frame repeated), and 100 MB of
+    // gzip'd spaces in ~100 kB. Both are cut off at max_body_bytes (1 MiB) → 413, and the
+    // process's peak memory does not follow the expansion.
+    let frame = zstd::encode_all(&vec![b' '; 1 << 20][..], 19).expect("zstd");
+    let zbomb: Vec<u8> = frame.repeat(1024);
+    assert!(zbomb.len() < 1 << 20, "{}", zbomb.len());
+    let gbomb = gzip(&vec![b' '; 100 << 20]);
+    for (name, enc, body) in [("zstd bomb", "zstd", zbomb), ("gzip bomb", "gzip", gbomb)] {
+        let r = http_raw(&s.addr, &encoded_req(&s.addr, enc, &body)).await;
+        assert_eq!(r.status, 413, "{name}: {}", r.body);
+        assert_eq!(r.json()["error"], "body_too_large", "{name}: {}", r.body);
+    }
+    let peak = peak_rss_kb(s._c.child.id());
+    assert!(peak > 0 && peak < 200 * 1024, "peak RSS {peak} kB");
+    let got = read_all(&s.topic, 100, Duration::from_secs(20)).await;
+    assert!(got.len() >= 100);
 }

@@ -136,7 +136,11 @@ pub enum EmitError {
     /// The process is shutting down and accepts no new records.
     #[error("shutting down")]
     ShuttingDown,
-    /// The broker rejected the record for good (e.g. message too large).
+    /// A record is larger than the broker or producer accepts (`message.max.bytes`). Permanent
+    /// for that record: a source should refuse it to its client (HTTP 413), not ask for a retry.
+    #[error("record too large: {0}")]
+    TooLarge(String),
+    /// The broker rejected the record for good (unknown topic, not authorized, invalid record).
     #[error("rejected by broker: {0}")]
     Rejected(String),
 }

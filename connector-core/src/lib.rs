@@ -96,7 +96,7 @@ pub use plugin::{
     Output, RecordOutcome, Sink, SinkPlugin, Source, SourcePlugin, TopicPartition, Transform,
     TransformOutcome, TransformPlugin,
 };
-pub use record::{Headers, Origin, Record};
+pub use record::{Headers, Origin, Record, IDEMPOTENCY_KEY_HEADER};
 pub use registry::{ConnectorKind, ErasedConfig, PluginDescriptor, Registry};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 

@@ -91,6 +91,9 @@ impl Headers {
     }
 }
 
+/// Header naming a record's idempotency key; see [`Record::idempotency_key`].
+pub const IDEMPOTENCY_KEY_HEADER: &str = "connectd.idempotency_key";
+
 /// One message flowing through a pipeline.
 ///
 /// Connectors never see Kafka client types; the runtime converts to and from `Record`.
@@ -160,6 +163,41 @@ impl Record {
     /// Parses the value as JSON.
     pub fn value_json(&self) -> Result<serde_json::Value, serde_json::Error> {
         serde_json::from_slice(&self.value)
+    }
+
+    /// The record's idempotency key — what makes two copies of an event the same event —
+    /// looked up in this order:
+    ///
+    /// 1. the header [`IDEMPOTENCY_KEY_HEADER`] (`connectd.idempotency_key`), when it is
+    ///    non-empty UTF-8;
+    /// 2. the top-level `idempotency_key` field of a JSON object value (a non-empty string),
+    ///    as in the envelope `http_source` writes.
+    ///
+    /// `None` when neither is there (or the value is not JSON). Only the one field is decoded.
+    ///
+    /// ```
+    /// use connector_core::Record;
+    /// let r = Record::new(r#"{"idempotency_key":"k-1","payload":{"n":1}}"#);
+    /// assert_eq!(r.idempotency_key().as_deref(), Some("k-1"));
+    /// let r = r.with_header(connector_core::IDEMPOTENCY_KEY_HEADER, "from-header");
+    /// assert_eq!(r.idempotency_key().as_deref(), Some("from-header"));
+    /// assert_eq!(Record::new("not json").idempotency_key(), None);
+    /// ```
+    pub fn idempotency_key(&self) -> Option<std::borrow::Cow<'_, str>> {
+        if let Some(h) = self.headers.get_str(IDEMPOTENCY_KEY_HEADER) {
+            if !h.is_empty() {
+                return Some(std::borrow::Cow::Borrowed(h));
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Key<'a> {
+            #[serde(borrow, default)]
+            idempotency_key: Option<std::borrow::Cow<'a, str>>,
+        }
+        serde_json::from_slice::<Key<'_>>(&self.value)
+            .ok()?
+            .idempotency_key
+            .filter(|k| !k.is_empty())
     }
 
     /// Approximate size in bytes (key, value and headers), used for batch byte limits.

@@ -354,6 +354,9 @@ impl Emitter for ProducerEmitter {
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     return Err(EmitError::QueueFull)
                 }
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                    return Err(EmitError::TooLarge(e.to_string()))
+                }
                 Err(e) if is_retriable(&e) => return Err(EmitError::Unavailable(e.to_string())),
                 Err(e) => return Err(EmitError::Rejected(e.to_string())),
             }

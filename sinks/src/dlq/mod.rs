@@ -1,12 +1,18 @@
-//! `dlq_sink`: stores dead letters (SPEC §9) in the `dead_letters` table, one row per origin
-//! record and failing connector — idempotent on those coordinates, so a redelivered dead letter
-//! only bumps `last_seen`. Replay with `connectd dlq replay`.
+//! `dlq_sink`: stores dead letters (SPEC §9) in the `dead_letters` table, one row per dead
+//! letter **as what it is**: (failing connector, error class, the record's idempotency key,
+//! replay generation). A poison event that reaches a connector twice — redelivered after a crash,
+//! so at a new offset — is one row whose `copies` counts the distinct copies and whose
+//! `last_seen` / `last_origin` say when and where the latest came from. A record without an
+//! idempotency key (see [`Record::idempotency_key`]) is identified by its origin coordinates
+//! instead, as before. A replayed record that fails again carries a higher
+//! `connectd.replay.count` and is a row of its own (the replay loop guard counts those).
+//! Replay with `connectd dlq replay`.
 //!
 //! Each row keeps the payload (bytes, plus `payload_json` when it is valid JSON), the key, every
-//! header, the error class and message, the origin topic/partition/offset, the connector,
-//! attempts, first/last seen and the replay count (`connectd.replay.count` header). A record
-//! without `connectd.*` headers (e.g. produced straight into the DLQ topic) is stored with its
-//! own coordinates as origin and connector `unknown`.
+//! header, the error class and message, the origin topic/partition/offset of the first copy, the
+//! connector, attempts, first/last seen and the replay count (`connectd.replay.count` header). A
+//! record without `connectd.*` headers (e.g. produced straight into the DLQ topic) is stored with
+//! its own coordinates as origin and connector `unknown`.
 
 use std::collections::HashMap;
 
@@ -44,11 +50,30 @@ pub struct DlqSink {
 }
 
 const INSERT: &str = "INSERT INTO dead_letters (dlq_topic, original_topic, original_partition, original_offset, connector, \
-    error_class, error_message, attempts, record_key, payload, payload_json, headers, failed_at, replay_count) \
+    error_class, error_message, attempts, record_key, payload, payload_json, headers, failed_at, replay_count, \
+    idempotency_key, identity, copies, last_origin) \
     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::int[], \
-    $9::bytea[], $10::bytea[], $11::jsonb[], $12::jsonb[], $13::timestamptz[], $14::int[]) \
-    ON CONFLICT (original_topic, original_partition, original_offset, connector) DO UPDATE SET \
-    last_seen = now(), error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message, attempts = EXCLUDED.attempts";
+    $9::bytea[], $10::bytea[], $11::jsonb[], $12::jsonb[], $13::timestamptz[], $14::int[], $15::text[], $16::text[], \
+    $17::int[], $18::text[]) \
+    ON CONFLICT (connector, error_class, identity, replay_count) DO UPDATE SET \
+    last_seen = now(), error_message = EXCLUDED.error_message, attempts = EXCLUDED.attempts, \
+    last_origin = EXCLUDED.last_origin, \
+    copies = GREATEST(dead_letters.copies, dead_letters.copies + EXCLUDED.copies \
+      - CASE WHEN EXCLUDED.original_topic || '/' || EXCLUDED.original_partition || '/' || EXCLUDED.original_offset \
+             IN (dead_letters.original_topic || '/' || dead_letters.original_partition || '/' || dead_letters.original_offset, \
+                 dead_letters.last_origin) THEN 1 ELSE 0 END \
+      - CASE WHEN EXCLUDED.copies > 1 AND EXCLUDED.last_origin \
+             IN (dead_letters.original_topic || '/' || dead_letters.original_partition || '/' || dead_letters.original_offset, \
+                 dead_letters.last_origin) THEN 1 ELSE 0 END)";
+
+/// What makes two dead letters the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Identity {
+    connector: String,
+    class: String,
+    identity: String,
+    replay: i32,
+}
 
 #[derive(Default)]
 struct Cols {
@@ -66,6 +91,10 @@ struct Cols {
     headers: Vec<Value>,
     failed_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     replay: Vec<i32>,
+    idempotency_key: Vec<Option<String>>,
+    identity: Vec<String>,
+    copies: Vec<i32>,
+    last_origin: Vec<String>,
 }
 
 fn payload_json(bytes: &[u8]) -> Option<Value> {
@@ -81,7 +110,7 @@ fn payload_json(bytes: &[u8]) -> Option<Value> {
 impl Sink for DlqSink {
     async fn write(&mut self, batch: &[Record]) -> Result<Vec<RecordOutcome>, ConnectorError> {
         let mut c = Cols::default();
-        let mut seen: HashMap<(String, i32, i64, String), usize> = HashMap::new();
+        let mut seen: HashMap<Identity, usize> = HashMap::new();
         for r in batch {
             let h = &r.headers;
             let own = r.origin.as_ref();
@@ -104,17 +133,52 @@ impl Sink for DlqSink {
                 .get_str("connectd.connector")
                 .unwrap_or("unknown")
                 .to_string();
-            let key = (topic.clone(), partition, offset, connector.clone());
-            let row = c.topic.len();
-            if let Some(prev) = seen.get(&key) {
-                // The same dead letter twice in one batch: keep the last.
-                c.class[*prev] = h
-                    .get_str("connectd.error.class")
-                    .unwrap_or("unknown")
-                    .to_string();
+            let class = h
+                .get_str("connectd.error.class")
+                .unwrap_or("unknown")
+                .to_string();
+            let replay: i32 = h
+                .get_str("connectd.replay.count")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let message = h
+                .get_str("connectd.error.message")
+                .unwrap_or("no connectd.error.message header")
+                .replace('\0', "");
+            let attempts: i32 = h
+                .get_str("connectd.attempts")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            let origin = format!("{topic}/{partition}/{offset}");
+            let idem = r.idempotency_key().map(|k| k.replace('\0', ""));
+            let id = Identity {
+                connector: connector.clone(),
+                class: class.clone(),
+                identity: match &idem {
+                    Some(k) => format!("key:{k}"),
+                    None => format!("origin:{origin}"),
+                },
+                replay,
+            };
+            if let Some(&prev) = seen.get(&id) {
+                // The same dead letter twice in one batch: one row, a copy more when it came
+                // from another place.
+                if origin != c.last_origin[prev]
+                    && (c.topic[prev].as_str(), c.partition[prev], c.offset[prev])
+                        != (topic.as_str(), partition, offset)
+                {
+                    c.copies[prev] += 1;
+                    c.last_origin[prev] = origin;
+                }
+                c.message[prev] = message;
+                c.attempts[prev] = attempts;
                 continue;
             }
-            seen.insert(key, row);
+            seen.insert(id.clone(), c.topic.len());
+            c.idempotency_key.push(idem);
+            c.identity.push(id.identity);
+            c.copies.push(1);
+            c.last_origin.push(origin);
             let headers: Map<String, Value> = h
                 .iter()
                 .map(|(n, v)| {
@@ -130,21 +194,9 @@ impl Sink for DlqSink {
             c.partition.push(partition);
             c.offset.push(offset);
             c.connector.push(connector);
-            c.class.push(
-                h.get_str("connectd.error.class")
-                    .unwrap_or("unknown")
-                    .to_string(),
-            );
-            c.message.push(
-                h.get_str("connectd.error.message")
-                    .unwrap_or("no connectd.error.message header")
-                    .replace('\0', ""),
-            );
-            c.attempts.push(
-                h.get_str("connectd.attempts")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1),
-            );
+            c.class.push(class);
+            c.message.push(message);
+            c.attempts.push(attempts);
             c.key.push(r.key.as_ref().map(|k| k.to_vec()));
             c.payload.push(r.value.to_vec());
             c.json.push(payload_json(&r.value));
@@ -154,11 +206,7 @@ impl Sink for DlqSink {
                     .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                     .map(|t| t.with_timezone(&chrono::Utc)),
             );
-            c.replay.push(
-                h.get_str("connectd.replay.count")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            );
+            c.replay.push(replay);
         }
         let result = sqlx::query(INSERT)
             .bind(&c.dlq_topic)
@@ -175,6 +223,10 @@ impl Sink for DlqSink {
             .bind(&c.headers)
             .bind(&c.failed_at)
             .bind(&c.replay)
+            .bind(&c.idempotency_key)
+            .bind(&c.identity)
+            .bind(&c.copies)
+            .bind(&c.last_origin)
             .execute(&self.pool)
             .await;
         match result {
@@ -208,7 +260,7 @@ pub struct DlqSinkPlugin;
 #[async_trait]
 impl SinkPlugin for DlqSinkPlugin {
     const TYPE: &'static str = "dlq_sink";
-    const DESCRIPTION: &'static str = "Stores dead letters in the dead_letters table (idempotent on origin); replay with `connectd dlq replay`";
+    const DESCRIPTION: &'static str = "Stores dead letters in the dead_letters table (one row per connector, error class and idempotency key); replay with `connectd dlq replay`";
     type Config = DlqSinkConfig;
 
     async fn build(

@@ -169,6 +169,8 @@ pub struct RequestFacts<'a> {
 /// A validated event wrapped in its envelope.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enveloped {
+    /// Position of the event in its request.
+    pub index: usize,
     /// The idempotency key.
     pub idempotency_key: String,
     /// The envelope (JSON object).
@@ -342,6 +344,7 @@ pub fn envelope(
         "ingested_at": facts.now.to_rfc3339_opts(SecondsFormat::Micros, true),
     });
     Ok(Enveloped {
+        index,
         idempotency_key,
         envelope,
     })

@@ -7,14 +7,19 @@
 //! | answer | when |
 //! | --- | --- |
 //! | 202 | every event produced and acknowledged; body `{"accepted": n, "idempotency_keys": [...]}` |
-//! | 400 | malformed JSON or UTF-8 (with position), invalid events (each with index, JSON pointer, reason), bad `Idempotency-Key` |
+//! | 400 | malformed JSON or UTF-8 (with position), invalid events (each with index, JSON pointer, reason), bad `Idempotency-Key`, a body not valid for its `Content-Encoding` |
 //! | 401 / 403 | missing or unknown API key / disabled key |
 //! | 408 | the body did not arrive within `body_timeout` |
 //! | 409 | a request with the same `Idempotency-Key` is still in flight |
-//! | 413 | body over `max_body_bytes`, or more than `max_events` events |
-//! | 415 | content type other than JSON / NDJSON |
+//! | 413 | body over `max_body_bytes` (compressed, or once decoded), more than `max_events` events, or an event whose envelope is over `max_event_bytes` (or that the broker refused as too large) |
+//! | 415 | content type other than JSON / NDJSON, or a `Content-Encoding` other than `gzip`, `deflate`, `zstd`, `identity` (the answer lists them in `Accept-Encoding`) |
 //! | 429 | the key's rate limit (with `Retry-After`) |
+//! | 500 | the broker rejected the events for a reason no retry can fix (unknown topic, not authorized) |
 //! | 503 | broker unavailable, no acknowledgement within `ack_timeout`, key store unreachable, or shutting down (with `Retry-After`) |
+//!
+//! Compressed bodies (`Content-Encoding: gzip | deflate | zstd`, as SDKs, Vector, Fluent Bit and
+//! OpenTelemetry collectors send them) are decoded with the decoded size capped by
+//! `max_body_bytes` while decoding, so a decompression bomb costs no more memory than the limit.
 //!
 //! Invalid events in a batch: `invalid_events: reject_request` (default) refuses the whole
 //! request with 400 and produces nothing; `accept_valid` produces the valid ones and answers 202
@@ -22,6 +27,7 @@
 
 mod auth;
 mod edge;
+mod encoding;
 pub mod event;
 mod ratelimit;
 mod server;
@@ -97,6 +103,13 @@ pub struct HttpSourceConfig {
     #[serde(default = "default_max_body")]
     #[schemars(range(min = 1))]
     pub max_body_bytes: usize,
+    /// Largest event accepted, measured as its envelope (bytes). Keep it below the producer's
+    /// `message.max.bytes` (librdkafka's default 1,000,000) and the topic's `max.message.bytes`,
+    /// with room for key and headers: a larger event is answered 413 naming its index, and
+    /// nothing of its request is accepted.
+    #[serde(default = "default_max_event")]
+    #[schemars(range(min = 1))]
+    pub max_event_bytes: usize,
     /// Most events in one request.
     #[serde(default = "default_max_events")]
     #[schemars(range(min = 1))]
@@ -141,6 +154,9 @@ fn default_lru() -> usize {
 }
 fn default_max_body() -> usize {
     5 * 1024 * 1024
+}
+fn default_max_event() -> usize {
+    900_000
 }
 fn default_max_events() -> usize {
     1000

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
 use connector_core::metrics::{Counter, Histogram, Metrics, LATENCY_BUCKETS};
 use connector_core::prelude::*;
 use connector_core::EmitError;
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::auth::{AuthMetrics, AuthResult, Authenticator};
 use super::edge::{Claim, Edge, Stored};
+use super::encoding::{self, Coding, DecodeError};
 use super::event::{envelope, parse_body, partition_key, FieldError, RequestFacts};
 use super::ratelimit::RateLimiter;
 use super::{HttpSourceConfig, InvalidEvents};
@@ -237,6 +239,50 @@ fn trace_id(h: &HeaderMap) -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// The codings of `Content-Encoding` (every header line, in order).
+fn content_codings(h: &HeaderMap) -> Result<Vec<Coding>, DecodeError> {
+    let mut out = Vec::new();
+    for v in h.get_all(header::CONTENT_ENCODING) {
+        let v = v
+            .to_str()
+            .map_err(|_| DecodeError::Unsupported(String::from_utf8_lossy(v.as_bytes()).into()))?;
+        out.extend(encoding::parse(v)?);
+    }
+    Ok(out)
+}
+
+fn unsupported_encoding(e: &DecodeError) -> Response {
+    let mut r = error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_content_encoding",
+        e.to_string(),
+    );
+    r.headers_mut().insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static(encoding::SUPPORTED),
+    );
+    r
+}
+
+/// Decodes a compressed body; large ones on the blocking pool (decompression is CPU work).
+async fn decode_body(
+    body: Bytes,
+    codings: Vec<Coding>,
+    limit: usize,
+) -> Result<Bytes, DecodeError> {
+    if body.len() <= 64 * 1024 {
+        return encoding::decode(&body, &codings, limit).map(Bytes::from);
+    }
+    tokio::task::spawn_blocking(move || encoding::decode(&body, &codings, limit).map(Bytes::from))
+        .await
+        .unwrap_or_else(|e| {
+            Err(DecodeError::Invalid {
+                coding: "body",
+                message: format!("decoder task failed: {e}"),
+            })
+        })
+}
+
 async fn events(AxState(s): AxState<Arc<State>>, req: Request) -> Response {
     let started = Instant::now();
     let response = handle_events(&s, req).await;
@@ -278,6 +324,10 @@ async fn handle_events(s: &State, req: Request) -> Response {
                 format!("content type {other:?} is not accepted; use application/json or application/x-ndjson"),
             )
         }
+    };
+    let codings = match content_codings(&headers) {
+        Ok(c) => c,
+        Err(e) => return unsupported_encoding(&e),
     };
     // Authentication.
     let key_info = match s.auth.check(presented_key(&headers).as_deref()).await {
@@ -384,6 +434,28 @@ async fn handle_events(s: &State, req: Request) -> Response {
             );
         }
         Ok(Ok(c)) => c.to_bytes(),
+    };
+    let bytes = if codings.is_empty() {
+        bytes
+    } else {
+        match decode_body(bytes, codings, s.config.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e @ DecodeError::TooLarge(_)) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    e.to_string(),
+                )
+            }
+            Err(e @ DecodeError::Invalid { .. }) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_content_encoding",
+                    e.to_string(),
+                )
+            }
+            Err(e @ DecodeError::Unsupported(_)) => return unsupported_encoding(&e),
+        }
     };
     // Edge idempotency.
     let claimed = match (&s.edge, &idem_header) {
@@ -513,25 +585,42 @@ async fn ingest(
             );
         }
     }
-    let outputs: Vec<Output> = good
-        .iter()
-        .map(|e| {
-            let key = partition_key(&e.envelope, &s.config.partition_key);
-            Output::new(Record::new(e.envelope.to_string()).with_key(key))
-        })
-        .collect();
+    // Every event must fit in one broker message: a too-large one is the client's to fix (413),
+    // never a 503 that every client would retry.
+    let mut outputs: Vec<Output> = Vec::with_capacity(good.len());
+    let mut too_large = Vec::new();
+    for e in &good {
+        let value = e.envelope.to_string();
+        if value.len() > s.config.max_event_bytes {
+            too_large.push(
+                json!({"index": e.index, "bytes": value.len(), "limit": s.config.max_event_bytes}),
+            );
+            continue;
+        }
+        let key = partition_key(&e.envelope, &s.config.partition_key);
+        outputs.push(Output::new(Record::new(value).with_key(key)));
+    }
+    if !too_large.is_empty() {
+        s.metrics.rejected.add(too_large.len() as u64);
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": "event_too_large", "message": format!("{} event(s) over max_event_bytes ({} bytes as an envelope); nothing was accepted", too_large.len(), s.config.max_event_bytes), "errors": too_large}).to_string(),
+        );
+    }
     let n = outputs.len();
     match tokio::time::timeout(s.config.ack_timeout.as_std(), s.emitter.emit(outputs)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            let (code, msg) = match e {
-                EmitError::ShuttingDown => ("shutting_down", "the server is shutting down; retry".to_string()),
-                EmitError::QueueFull => ("overloaded", "the producer queue is full; retry".to_string()),
-                EmitError::Unavailable(m) => ("broker_unavailable", format!("the broker did not acknowledge: {m}")),
-                EmitError::Rejected(m) => ("broker_rejected", format!("the broker rejected the events: {m}")),
+            let (status, code, msg) = match e {
+                EmitError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down; retry".to_string()),
+                EmitError::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the producer queue is full; retry".to_string()),
+                EmitError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", format!("the broker did not acknowledge: {m}")),
+                // Permanent: retrying the same request cannot succeed.
+                EmitError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "event_too_large", format!("the broker refused an event as too large ({m}); lower max_event_bytes below the producer's message.max.bytes")),
+                EmitError::Rejected(m) => (StatusCode::INTERNAL_SERVER_ERROR, "broker_rejected", format!("the broker rejected the events: {m}")),
             };
             tracing::warn!(connector = %s.name, topic = %s.output, error = %msg, "events not acknowledged");
-            return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": code, "message": msg}).to_string());
+            return (status, json!({"error": code, "message": msg}).to_string());
         }
         Err(_) => {
             return (

@@ -1,0 +1,52 @@
+-- A dead letter is idempotent on what it is, not on where its copy sat: one row per
+-- (connector, error class, the record's idempotency key, replay generation). A poison event
+-- redelivered after a crash reaches the failing connector again at a new offset; before this
+-- migration that made a second row (845 rows for 400 poison events after 10 kills).
+--
+--   identity     'key:<idempotency key>' when the record has one, else
+--                'origin:<topic>/<partition>/<offset>' (the old behaviour)
+--   copies       how many distinct copies were dead-lettered (a redelivery of the same DLQ
+--                message is not a new copy)
+--   last_origin  '<topic>/<partition>/<offset>' of the latest copy
+--
+-- The replay generation (`replay_count` at failure time, from the `connectd.replay.count`
+-- header) stays part of the identity: a replayed record that fails again is a new fact, and the
+-- replay loop guard counts those rows.
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS idempotency_key TEXT;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS identity TEXT;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS copies INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS last_origin TEXT;
+
+-- Existing rows: keyed by idempotency key where that is unique, by origin otherwise (no row is
+-- deleted or merged by a migration).
+UPDATE dead_letters SET idempotency_key = payload_json->>'idempotency_key'
+ WHERE idempotency_key IS NULL AND jsonb_typeof(payload_json->'idempotency_key') = 'string'
+   AND payload_json->>'idempotency_key' <> '';
+WITH ranked AS (
+    SELECT id, row_number() OVER (PARTITION BY connector, error_class, idempotency_key, replay_count ORDER BY id) AS n
+      FROM dead_letters WHERE idempotency_key IS NOT NULL AND identity IS NULL
+)
+UPDATE dead_letters d SET identity = 'key:' || d.idempotency_key
+  FROM ranked r WHERE r.id = d.id AND r.n = 1;
+UPDATE dead_letters
+   SET identity = 'origin:' || original_topic || '/' || original_partition || '/' || original_offset
+ WHERE identity IS NULL;
+UPDATE dead_letters
+   SET last_origin = original_topic || '/' || original_partition || '/' || original_offset
+ WHERE last_origin IS NULL;
+ALTER TABLE dead_letters ALTER COLUMN identity SET NOT NULL;
+
+-- The old unique constraint on the origin coordinates gives way to the identity.
+DO $$
+DECLARE c TEXT;
+BEGIN
+    FOR c IN SELECT conname FROM pg_constraint
+              WHERE conrelid = 'dead_letters'::regclass AND contype = 'u'
+    LOOP
+        EXECUTE format('ALTER TABLE dead_letters DROP CONSTRAINT %I', c);
+    END LOOP;
+END $$;
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_identity
+    ON dead_letters (connector, error_class, identity, replay_count);
+CREATE INDEX IF NOT EXISTS dead_letters_origin
+    ON dead_letters (original_topic, original_partition, original_offset);
