@@ -7,7 +7,8 @@
 --                'origin:<topic>/<partition>/<offset>' (the old behaviour)
 --   copies       how many distinct copies were dead-lettered (a redelivery of the same DLQ
 --                message is not a new copy)
---   last_origin  '<topic>/<partition>/<offset>' of the latest copy
+--   origins      '<topic>/<partition>/<offset>' of each copy, the first 64 (past 64 copies a
+--                redelivered one may be counted again)
 --
 -- The replay generation (`replay_count` at failure time, from the `connectd.replay.count`
 -- header) stays part of the identity: a replayed record that fails again is a new fact, and the
@@ -15,7 +16,7 @@
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS idempotency_key TEXT;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS identity TEXT;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS copies INTEGER NOT NULL DEFAULT 1;
-ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS last_origin TEXT;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS origins TEXT[];
 
 -- Existing rows: keyed by idempotency key where that is unique, by origin otherwise (no row is
 -- deleted or merged by a migration).
@@ -32,8 +33,9 @@ UPDATE dead_letters
    SET identity = 'origin:' || original_topic || '/' || original_partition || '/' || original_offset
  WHERE identity IS NULL;
 UPDATE dead_letters
-   SET last_origin = original_topic || '/' || original_partition || '/' || original_offset
- WHERE last_origin IS NULL;
+   SET origins = ARRAY[original_topic || '/' || original_partition || '/' || original_offset]
+ WHERE origins IS NULL;
+ALTER TABLE dead_letters ALTER COLUMN origins SET NOT NULL;
 ALTER TABLE dead_letters ALTER COLUMN identity SET NOT NULL;
 
 -- The old unique constraint on the origin coordinates gives way to the identity.

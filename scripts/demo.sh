@@ -3,11 +3,23 @@
 # (connectors.yaml) in the background, send a realistic mix of events through it, and print
 # what happened. connectd is left running; stop it with `kill $(cat .dev/connectd.pid)`.
 #
-# Environment: COUNT (unique events, default 20000), RATE (events/s, default 0 = max).
+# Environment: COUNT (unique events, default 20000), RATE (events/s, default 0 = max),
+# MAX_SECONDS (the load generator's limit, default 600), DRAIN_SECONDS (how long to wait for the
+# pipeline to store what was accepted, default 180).
+#
+# Exit 0 only when the check lines add up; otherwise non-zero with the reason on stderr.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 COUNT="${COUNT:-20000}"
 RATE="${RATE:-0}"
+MAX_SECONDS="${MAX_SECONDS:-600}"
+DRAIN_SECONDS="${DRAIN_SECONDS:-180}"
+
+die() {
+  echo "demo.sh: FAILED: $*" >&2
+  exit 1
+}
+trap 'die "command failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 eval "$(bash scripts/dev-services.sh up)"
 export DATABASE_URL REDIS_URL KAFKA_BROKERS
@@ -37,24 +49,38 @@ done
 
 RUN="demo-$(date +%s)"
 echo "== sending $COUNT events (+20% duplicates and client retries, 1% invalid, 0.5% poison) as run $RUN" >&2
-./target/release/loadgen --url "http://$CONNECTD_HTTP" --key "$CONNECTD_DEMO_KEY" --count "$COUNT" --rate "$RATE" \
+rm -f .dev/loadgen-report.json
+if ! ./target/release/loadgen --url "http://$CONNECTD_HTTP" --key "$CONNECTD_DEMO_KEY" --count "$COUNT" --rate "$RATE" \
   --batch 100 --dup-ratio 0.2 --invalid-ratio 0.01 --poison-ratio 0.005 --users 500 --concurrency 8 \
-  --run-id "$RUN" --report .dev/loadgen-report.json
+  --max-seconds "$MAX_SECONDS" --run-id "$RUN" --report .dev/loadgen-report.json; then
+  trap - ERR
+  tail -n 20 .dev/connectd.log >&2 || true
+  die "the load generator failed (its reason is above; report in .dev/loadgen-report.json, connectd log in .dev/connectd.log)"
+fi
 
 psql_q() { psql "$DATABASE_URL" -Atc "$1"; }
 ACCEPTED=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["accepted_distinct_keys"])')
 POISON=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["accepted_poison_keys"])')
-echo "== waiting for the pipeline to drain" >&2
-for _ in $(seq 1 300); do
+echo "== waiting for the pipeline to drain (at most ${DRAIN_SECONDS}s)" >&2
+DRAIN_START=$SECONDS
+while :; do
   ROWS=$(psql_q "SELECT count(*) FROM growth_events WHERE source = '$RUN'")
   DEAD=$(psql_q "SELECT count(*) FROM dead_letters WHERE payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%'")
   [ $((ROWS + DEAD)) -ge "$ACCEPTED" ] && break
+  [ $((SECONDS - DRAIN_START)) -ge "$DRAIN_SECONDS" ] && break
   sleep 0.5
 done
+# Anything still on its way (a duplicate row, a second dead letter) would show up now.
+sleep 1
+ROWS=$(psql_q "SELECT count(*) FROM growth_events WHERE source = '$RUN'")
+DEAD=$(psql_q "SELECT count(*) FROM dead_letters WHERE payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%'")
 DUPS=$(curl -s "http://$CONNECTD_ADMIN/connectors/dedup" | python3 -c 'import json,sys;print(json.load(sys.stdin)["details"].get("duplicates_dropped",0))')
 SENT=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["events_sent"])')
 INVALID=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["invalid_events_sent"])')
 REPLAYS=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["replayed_responses"])')
+ok() { [ "$1" -eq "$2" ] && echo OK || echo MISMATCH; }
+CHECK_ROWS=$(ok $((ROWS + DEAD)) "$ACCEPTED")
+CHECK_DEAD=$(ok "$DEAD" "$POISON")
 
 cat <<SUMMARY
 
@@ -66,7 +92,8 @@ distinct events accepted (202)                  : $ACCEPTED
 duplicates dropped by redis_dedup               : $DUPS
 rows stored in growth_events                    : $ROWS
 dead letters in dead_letters (poison)           : $DEAD   (poison sent: $POISON)
-check: rows + dead letters == accepted          : $((ROWS + DEAD)) == $ACCEPTED  $( [ $((ROWS + DEAD)) -eq "$ACCEPTED" ] && echo OK || echo MISMATCH)
+check: rows + dead letters == accepted          : $((ROWS + DEAD)) == $ACCEPTED  $CHECK_ROWS
+check: dead letters == poison accepted          : $DEAD == $POISON  $CHECK_DEAD
 
 daily active users (this run):
 $(psql "$DATABASE_URL" -c "SELECT date_trunc('day', event_ts)::date AS day, count(DISTINCT user_id) AS active_users FROM growth_events WHERE source = '$RUN' GROUP BY 1 ORDER BY 1")
@@ -76,4 +103,5 @@ connectd keeps running (pid $(cat .dev/connectd.pid)):
   ingest  curl -H 'x-api-key: $CONNECTD_DEMO_KEY' -H 'content-type: application/json' -d '{...}' http://$CONNECTD_HTTP/v1/events
   stop    kill \$(cat .dev/connectd.pid)
 SUMMARY
-[ $((ROWS + DEAD)) -eq "$ACCEPTED" ]
+[ "$CHECK_ROWS" = OK ] || die "rows + dead letters ($((ROWS + DEAD))) != distinct events accepted ($ACCEPTED) after ${DRAIN_SECONDS}s; connectd log: .dev/connectd.log"
+[ "$CHECK_DEAD" = OK ] || die "dead letters ($DEAD) != poison events accepted ($POISON); connectd log: .dev/connectd.log"

@@ -7,7 +7,7 @@ use common::*;
 use connectd_sinks::dlq::{DlqSinkConfig, DlqSinkPlugin};
 use connectd_sinks::postgres::{PostgresSinkConfig, PostgresSinkPlugin};
 use connector_core::testing::{Probe, SinkHarness};
-use connector_core::{async_trait, Record};
+use connector_core::{async_trait, Record, RecordOutcome, SinkContext, SinkPlugin};
 
 struct TableProbe {
     pool: sqlx::PgPool,
@@ -100,4 +100,91 @@ async fn dlq_sink_passes_the_harness() {
         .run()
         .await;
     report.assert_passed();
+}
+
+/// A dead letter as the runtime routes it: the failed record's value with the SPEC §9 headers.
+fn dead_letter(connector: &str, value: &str, topic: &str, offset: i64, dlq_offset: i64) -> Record {
+    Record::new(value.to_string())
+        .with_header("connectd.error.class", "sqlstate_22P05")
+        .with_header(
+            "connectd.error.message",
+            "unsupported Unicode escape sequence",
+        )
+        .with_header("connectd.connector", connector.to_string())
+        .with_header("connectd.original.topic", topic.to_string())
+        .with_header("connectd.original.partition", "0")
+        .with_header("connectd.original.offset", offset.to_string())
+        .with_header("connectd.attempts", "1")
+        .with_origin(format!("{topic}-dlq"), 0, dlq_offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_dead_lettered_at_several_offsets_is_one_row_counting_its_copies() {
+    let pool = pg().await;
+    let connector = unique("dl-ident");
+    let topic = unique("dl-ident-topic");
+    let config: DlqSinkConfig =
+        serde_json::from_value(serde_json::json!({"database_url": database_url()}))
+            .expect("config");
+    let ctx = SinkContext {
+        name: connector.clone(),
+        group_id: connector.clone(),
+        metrics: connector_core::metrics::Metrics::new(),
+        shutdown: connector_core::Shutdown::never(),
+    };
+    let mut sink = DlqSinkPlugin::build(config, ctx).await.expect("build");
+    let poison =
+        |k: &str| format!(r#"{{"idempotency_key":"{k}","payload":{{"note":"nul\u0000byte"}}}}"#);
+    // p1 fails at offsets 10 and 20 (redelivered after a crash, then forwarded again by dedup),
+    // p2 once; a record without idempotency key at 30 and 40 is two dead letters (by origin).
+    let first = vec![
+        dead_letter(&connector, &poison("p1"), &topic, 10, 0),
+        dead_letter(&connector, &poison("p2"), &topic, 11, 1),
+        dead_letter(&connector, "not json", &topic, 30, 2),
+    ];
+    let second = vec![
+        dead_letter(&connector, &poison("p1"), &topic, 20, 3),
+        dead_letter(&connector, "not json", &topic, 40, 4),
+        // The same copy twice in one batch, and p1's first copy again (the DLQ topic redelivered).
+        dead_letter(&connector, &poison("p1"), &topic, 20, 3),
+        dead_letter(&connector, &poison("p1"), &topic, 10, 0),
+    ];
+    for batch in [&first, &second, &second] {
+        let out = sink.write(batch).await.expect("write");
+        assert!(out.iter().all(|o| *o == RecordOutcome::Delivered));
+    }
+    let rows: Vec<(Option<String>, i32, i64, Vec<String>)> = sqlx::query_as(
+        "SELECT idempotency_key, copies, original_offset, origins FROM dead_letters WHERE connector = $1 ORDER BY original_offset",
+    )
+    .bind(&connector)
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    assert_eq!(
+        rows,
+        vec![
+            (
+                Some("p1".into()),
+                2,
+                10,
+                vec![format!("{topic}/0/10"), format!("{topic}/0/20")]
+            ),
+            (Some("p2".into()), 1, 11, vec![format!("{topic}/0/11")]),
+            (None, 1, 30, vec![format!("{topic}/0/30")]),
+            (None, 1, 40, vec![format!("{topic}/0/40")]),
+        ]
+    );
+    // A replayed record that fails again is a row of its own (the replay loop guard counts it).
+    let replayed = dead_letter(&connector, &poison("p1"), &topic, 50, 5)
+        .with_header("connectd.replay.count", "1");
+    sink.write(&[replayed]).await.expect("write");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dead_letters WHERE connector = $1 AND idempotency_key = 'p1'",
+    )
+    .bind(&connector)
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(n, 2);
+    sink.close().await.expect("close");
 }

@@ -7,12 +7,21 @@
 //!
 //! * duplicates (`--dup-ratio`): half are client retries of a whole earlier request with the
 //!   same `Idempotency-Key`, half are copies of earlier events inside new requests;
-//! * invalid events (`--invalid-ratio`): a timestamp without an offset, sent in a request of
-//!   their own (so they do not take valid events down with them) — expected 400;
+//! * invalid events (`--invalid-ratio`): that fraction of the *events* (at any batch size) has a
+//!   timestamp without an offset; they are gathered into requests of their own (so they do not
+//!   take valid events down with them) — expected 400;
 //! * poison events (`--poison-ratio`): valid for HTTP but refused by Postgres (a `\u0000` in the
 //!   payload, which jsonb cannot store) — expected in `dead_letters`.
 //!
+//! * `--gzip`: request bodies sent with `Content-Encoding: gzip`.
+//!
 //! Prints a progress line every second and a final summary; `--report FILE` writes it as JSON.
+//!
+//! It always ends by itself, and says why when it fails (exit 1, the reason, the status counts
+//! and the first unexpected answer on stderr, `"error"` in the report):
+//! * no new accepted event for `--stall-seconds` (default 30);
+//! * `--count` not reached within `--max-seconds` (default 600);
+//! * nothing accepted at all.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +60,8 @@ struct Args {
     /// Share of extra duplicate sends.
     #[arg(long, default_value_t = 0.2)]
     dup_ratio: f64,
-    /// Share of invalid events (sent alone, expect 400).
+    /// Fraction of events that are invalid (gathered into requests of their own, expect 400).
+    /// Below 1.
     #[arg(long, default_value_t = 0.0)]
     invalid_ratio: f64,
     /// Share of poison events (accepted, refused by Postgres).
@@ -72,6 +82,15 @@ struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Fail when `--count` is not reached within this many seconds.
+    #[arg(long, default_value_t = 600)]
+    max_seconds: u64,
+    /// Fail when no new event was accepted for this many seconds.
+    #[arg(long, default_value_t = 30)]
+    stall_seconds: u64,
+    /// Send bodies gzip-compressed (`Content-Encoding: gzip`).
+    #[arg(long)]
+    gzip: bool,
 }
 
 #[derive(Default)]
@@ -85,8 +104,20 @@ struct Stats {
     replayed: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
     accepted_keys: Mutex<HashSet<String>>,
+    /// `accepted_keys.len()`, readable without the lock (stall guard).
+    accepted: AtomicU64,
     poison_keys: Mutex<HashSet<String>>,
     invalid_sent: AtomicU64,
+    /// The first answer that was not expected (status and body), for the failure report.
+    first_unexpected: Mutex<Option<String>>,
+}
+
+impl Stats {
+    fn unexpected(&self, what: String) {
+        if let Ok(mut f) = self.first_unexpected.lock() {
+            f.get_or_insert(what);
+        }
+    }
 }
 
 struct Request {
@@ -106,6 +137,8 @@ struct Generator {
     seq: u64,
     recent_events: Vec<Value>,
     recent_requests: Vec<(String, String)>,
+    /// Invalid events drawn but not yet sent (they go out in requests of their own).
+    pending_invalid: Vec<Value>,
     args: Args,
 }
 
@@ -138,20 +171,17 @@ impl Generator {
     /// The next request, and how many new unique events it carries.
     fn next(&mut self) -> (Request, u64) {
         let a = self.args.clone();
-        // One invalid event per request of its own, as often as `invalid_ratio` of the events.
-        if self
-            .rng
-            .random_bool((a.invalid_ratio * a.batch as f64).clamp(0.0, 1.0))
-        {
-            let mut e = self.event();
-            e["client_timestamp"] = json!("2026-11-01T01:30:00");
+        // Invalid events drawn while building earlier requests go out together, alone.
+        if !self.pending_invalid.is_empty() {
+            let n = self.pending_invalid.len().min(a.batch.max(1));
+            let events: Vec<Value> = self.pending_invalid.drain(..n).collect();
             return (
                 Request {
-                    body: Value::Array(vec![e]).to_string(),
+                    body: Value::Array(events).to_string(),
                     idem: None,
                     poison_keys: vec![],
                     invalid: true,
-                    events: 1,
+                    events: n as u64,
                 },
                 0,
             );
@@ -180,6 +210,14 @@ impl Generator {
         let mut poison = Vec::new();
         let mut new = 0;
         for _ in 0..a.batch {
+            // `invalid_ratio` of the events are invalid, whatever the batch size: such an event
+            // takes this slot's place and waits for a request of its own.
+            if a.invalid_ratio > 0.0 && self.rng.random_bool(a.invalid_ratio) {
+                let mut e = self.event();
+                e["client_timestamp"] = json!("2026-11-01T01:30:00");
+                self.pending_invalid.push(e);
+                continue;
+            }
             if !self.recent_events.is_empty()
                 && self.rng.random_bool((a.dup_ratio / 2.0).clamp(0.0, 1.0))
             {
@@ -206,12 +244,12 @@ impl Generator {
             events.push(e);
             new += 1;
         }
+        let n = events.len() as u64;
         let body = Value::Array(events).to_string();
         let idem = format!("{}-req-{}", self.run, self.seq);
-        if self.recent_requests.len() < 1000 {
+        if n > 0 && self.recent_requests.len() < 1000 {
             self.recent_requests.push((body.clone(), idem.clone()));
         }
-        let n = a.batch as u64;
         (
             Request {
                 body,
@@ -233,9 +271,131 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
 }
 
+/// Gzip-compresses a request body.
+fn gzip(body: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(body.as_bytes())?;
+    e.finish()
+}
+
+/// Sends one request (retrying 409/429/5xx/connection errors like a well-behaved client, same
+/// body and key) and records what came back.
+async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    url: &hyper::Uri,
+    args: &Args,
+    stats: &Stats,
+    req: &Request,
+) {
+    let body = if args.gzip {
+        match gzip(&req.body) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                stats.unexpected(format!("gzip failed: {e}"));
+                return;
+            }
+        }
+    } else {
+        Bytes::from(req.body.clone())
+    };
+    for attempt in 0..20u32 {
+        let mut b = hyper::Request::post(url.clone())
+            .header("content-type", "application/json")
+            .header("x-api-key", &args.key);
+        if args.gzip {
+            b = b.header("content-encoding", "gzip");
+        }
+        if let Some(k) = &req.idem {
+            b = b.header("idempotency-key", k);
+        }
+        let Ok(http_req) = b.body(Full::new(body.clone())) else {
+            return;
+        };
+        let t = Instant::now();
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        match client.request(http_req).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let replayed = resp.headers().contains_key("idempotent-replayed");
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                if let Ok(mut l) = stats.latencies_us.lock() {
+                    l.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                }
+                match status {
+                    200..=299 => {
+                        stats.s2xx.fetch_add(1, Ordering::Relaxed);
+                        if replayed {
+                            stats.replayed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                            if let (Some(keys), Ok(mut set)) =
+                                (v["idempotency_keys"].as_array(), stats.accepted_keys.lock())
+                            {
+                                for k in keys {
+                                    set.insert(k.as_str().unwrap_or_default().to_string());
+                                }
+                                stats.accepted.store(set.len() as u64, Ordering::Relaxed);
+                            }
+                        }
+                        if let Ok(mut p) = stats.poison_keys.lock() {
+                            p.extend(req.poison_keys.iter().cloned());
+                        }
+                        return;
+                    }
+                    409 | 429 | 500..=599 => {
+                        if status >= 500 {
+                            stats.s5xx.fetch_add(1, Ordering::Relaxed);
+                            stats
+                                .unexpected(format!("{status} {}", String::from_utf8_lossy(&body)));
+                        } else {
+                            stats.s4xx.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt + 1)))
+                            .await;
+                    }
+                    _ => {
+                        stats.s4xx.fetch_add(1, Ordering::Relaxed);
+                        // A 400 is the expected answer to a request of invalid events only.
+                        if !(req.invalid && status == 400) {
+                            stats
+                                .unexpected(format!("{status} {}", String::from_utf8_lossy(&body)));
+                        }
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                stats.unexpected(format!("connection error: {e}"));
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
+            }
+        }
+    }
+}
+
+/// How a run ended.
+enum Ending {
+    /// `--count` reached (or `--duration` over).
+    Done,
+    /// A reason to fail.
+    Failed(String),
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !(0.0..1.0).contains(&args.invalid_ratio) {
+        anyhow::bail!(
+            "--invalid-ratio {} must be at least 0 and below 1",
+            args.invalid_ratio
+        );
+    }
     let run = args
         .run_id
         .clone()
@@ -255,6 +415,7 @@ async fn main() -> anyhow::Result<()> {
         seq: 0,
         recent_events: Vec::new(),
         recent_requests: Vec::new(),
+        pending_invalid: Vec::new(),
         args: args.clone(),
     }));
     let unique_sent = Arc::new(AtomicU64::new(0));
@@ -276,9 +437,10 @@ async fn main() -> anyhow::Result<()> {
                 let secs = started.elapsed().as_secs_f64();
                 let ev = stats.sent_events.load(Ordering::Relaxed);
                 eprint!(
-                    "\r{:>6.1}s  events {ev:>9}  {:>8.0}/s  2xx {}  4xx {}  5xx {}  errors {}   ",
+                    "\r{:>6.1}s  events {ev:>9}  {:>8.0}/s  accepted {}  2xx {}  4xx {}  5xx {}  errors {}   ",
                     secs,
                     ev as f64 / secs,
+                    stats.accepted.load(Ordering::Relaxed),
                     stats.s2xx.load(Ordering::Relaxed),
                     stats.s4xx.load(Ordering::Relaxed),
                     stats.s5xx.load(Ordering::Relaxed),
@@ -288,19 +450,20 @@ async fn main() -> anyhow::Result<()> {
         })
     };
 
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency.max(1) {
-        let (g, stats, client, url, args, unique_sent) = (
+        let (g, stats, client, url, args, unique_sent, done) = (
             generator.clone(),
             stats.clone(),
             client.clone(),
             url.clone(),
             args.clone(),
             unique_sent.clone(),
+            done.clone(),
         );
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if done.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
                 let req = {
@@ -315,6 +478,9 @@ async fn main() -> anyhow::Result<()> {
                     unique_sent.fetch_add(new, Ordering::Relaxed);
                     req
                 };
+                if req.events == 0 {
+                    continue;
+                }
                 if args.rate > 0 {
                     let due = started
                         + Duration::from_secs_f64(
@@ -324,88 +490,50 @@ async fn main() -> anyhow::Result<()> {
                 }
                 stats.sent_events.fetch_add(req.events, Ordering::Relaxed);
                 if req.invalid {
-                    stats.invalid_sent.fetch_add(1, Ordering::Relaxed);
+                    stats.invalid_sent.fetch_add(req.events, Ordering::Relaxed);
                 }
-                // Retry 409/5xx/connection errors like a well-behaved client (same body and key).
-                for attempt in 0..20u32 {
-                    let mut b = hyper::Request::post(url.clone())
-                        .header("content-type", "application/json")
-                        .header("x-api-key", &args.key);
-                    if let Some(k) = &req.idem {
-                        b = b.header("idempotency-key", k);
-                    }
-                    let Ok(http_req) = b.body(Full::new(Bytes::from(req.body.clone()))) else {
-                        break;
-                    };
-                    let t = Instant::now();
-                    stats.requests.fetch_add(1, Ordering::Relaxed);
-                    match client.request(http_req).await {
-                        Ok(resp) => {
-                            let status = resp.status().as_u16();
-                            let replayed = resp.headers().contains_key("idempotent-replayed");
-                            let body = resp
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            if let Ok(mut l) = stats.latencies_us.lock() {
-                                l.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                            }
-                            match status {
-                                200..=299 => {
-                                    stats.s2xx.fetch_add(1, Ordering::Relaxed);
-                                    if replayed {
-                                        stats.replayed.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                                        if let (Some(keys), Ok(mut set)) = (
-                                            v["idempotency_keys"].as_array(),
-                                            stats.accepted_keys.lock(),
-                                        ) {
-                                            for k in keys {
-                                                set.insert(
-                                                    k.as_str().unwrap_or_default().to_string(),
-                                                );
-                                            }
-                                        }
-                                    }
-                                    if let Ok(mut p) = stats.poison_keys.lock() {
-                                        p.extend(req.poison_keys.iter().cloned());
-                                    }
-                                    break;
-                                }
-                                409 | 429 | 500..=599 => {
-                                    if status >= 500 {
-                                        stats.s5xx.fetch_add(1, Ordering::Relaxed);
-                                    } else {
-                                        stats.s4xx.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    tokio::time::sleep(Duration::from_millis(
-                                        50 * u64::from(attempt + 1),
-                                    ))
-                                    .await;
-                                }
-                                _ => {
-                                    stats.s4xx.fetch_add(1, Ordering::Relaxed);
-                                    break;
-                                }
-                            }
-                        }
-                        Err(_) => {
-                            stats.errors.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1)))
-                                .await;
-                        }
-                    }
+                send(&client, &url, &args, &stats, &req).await;
+            }
+        });
+    }
+
+    // The guards: every run ends by itself.
+    let guard = {
+        let stats = stats.clone();
+        let (max, stall) = (
+            Duration::from_secs(args.max_seconds.max(1)),
+            Duration::from_secs(args.stall_seconds.max(1)),
+        );
+        async move {
+            let mut last = (0u64, Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let accepted = stats.accepted.load(Ordering::Relaxed);
+                if accepted != last.0 {
+                    last = (accepted, Instant::now());
+                }
+                if last.1.elapsed() >= stall {
+                    return format!(
+                        "no new event accepted for {}s (--stall-seconds)",
+                        stall.as_secs()
+                    );
+                }
+                if started.elapsed() >= max {
+                    return format!(
+                        "--count {} not reached within {}s (--max-seconds)",
+                        args.count,
+                        max.as_secs()
+                    );
                 }
             }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+        }
+    };
+    let ending = tokio::select! {
+        _ = async { while tasks.join_next().await.is_some() {} } => Ending::Done,
+        reason = guard => Ending::Failed(reason),
+    };
     done.store(true, Ordering::Relaxed);
+    tasks.abort_all();
     let _ = progress.await;
     eprintln!();
     let secs = started.elapsed().as_secs_f64();
@@ -418,6 +546,17 @@ async fn main() -> anyhow::Result<()> {
     let accepted = stats.accepted_keys.lock().map(|s| s.len()).unwrap_or(0);
     let poison = stats.poison_keys.lock().map(|s| s.len()).unwrap_or(0);
     let sent = stats.sent_events.load(Ordering::Relaxed);
+    let first_unexpected = stats
+        .first_unexpected
+        .lock()
+        .ok()
+        .and_then(|f| f.clone())
+        .map(|f| f.chars().take(500).collect::<String>());
+    let failure = match ending {
+        Ending::Failed(reason) => Some(reason),
+        Ending::Done if accepted == 0 => Some("no event was accepted".to_string()),
+        Ending::Done => None,
+    };
     let summary = json!({
         "run_id": run,
         "seconds": (secs * 1000.0).round() / 1000.0,
@@ -434,7 +573,25 @@ async fn main() -> anyhow::Result<()> {
         "accepted_poison_keys": poison,
         "latency_ms_p50": percentile(&lat, 0.50),
         "latency_ms_p99": percentile(&lat, 0.99),
+        "gzip": args.gzip,
+        "first_unexpected_answer": first_unexpected,
+        "error": failure,
     });
+    if let Some(p) = &args.report {
+        std::fs::write(p, serde_json::to_string_pretty(&summary)?)?;
+    }
+    if let Some(reason) = failure {
+        eprintln!(
+            "loadgen failed: {reason}\n  sent {sent} events in {} requests: 2xx {} 4xx {} 5xx {} connection errors {}; accepted {accepted} distinct events\n  first unexpected answer: {}",
+            summary["requests"],
+            summary["status_2xx"],
+            summary["status_4xx"],
+            summary["status_5xx"],
+            summary["connection_errors"],
+            first_unexpected.as_deref().unwrap_or("none"),
+        );
+        std::process::exit(1);
+    }
     println!(
         "sent {sent} events in {secs:.1}s ({:.0}/s): 2xx {} 4xx {} 5xx {}; accepted {accepted} distinct events ({poison} poison); latency p50 {:.1} ms p99 {:.1} ms",
         sent as f64 / secs,
@@ -444,8 +601,5 @@ async fn main() -> anyhow::Result<()> {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
-    if let Some(p) = &args.report {
-        std::fs::write(p, serde_json::to_string_pretty(&summary)?)?;
-    }
     Ok(())
 }

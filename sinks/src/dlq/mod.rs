@@ -2,7 +2,7 @@
 //! letter **as what it is**: (failing connector, error class, the record's idempotency key,
 //! replay generation). A poison event that reaches a connector twice — redelivered after a crash,
 //! so at a new offset — is one row whose `copies` counts the distinct copies and whose
-//! `last_seen` / `last_origin` say when and where the latest came from. A record without an
+//! `origins` lists where they came from (the first 64; `last_seen` says when the latest came). A record without an
 //! idempotency key (see [`Record::idempotency_key`]) is identified by its origin coordinates
 //! instead, as before. A replayed record that fails again carries a higher
 //! `connectd.replay.count` and is a row of its own (the replay loop guard counts those).
@@ -49,22 +49,22 @@ pub struct DlqSink {
     stored: Counter,
 }
 
+/// Most origins remembered per dead letter (see `copies`).
+const MAX_ORIGINS: usize = 64;
+
 const INSERT: &str = "INSERT INTO dead_letters (dlq_topic, original_topic, original_partition, original_offset, connector, \
     error_class, error_message, attempts, record_key, payload, payload_json, headers, failed_at, replay_count, \
-    idempotency_key, identity, copies, last_origin) \
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::int[], \
+    idempotency_key, identity, copies, origins) \
+    SELECT d, t, p, o, c, cl, m, a, k, pl, pj, h, f, r, ik, i, cardinality(string_to_array(og, ' ')), string_to_array(og, ' ') \
+    FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::int[], \
     $9::bytea[], $10::bytea[], $11::jsonb[], $12::jsonb[], $13::timestamptz[], $14::int[], $15::text[], $16::text[], \
-    $17::int[], $18::text[]) \
+    $17::text[]) AS u(d, t, p, o, c, cl, m, a, k, pl, pj, h, f, r, ik, i, og) \
     ON CONFLICT (connector, error_class, identity, replay_count) DO UPDATE SET \
     last_seen = now(), error_message = EXCLUDED.error_message, attempts = EXCLUDED.attempts, \
-    last_origin = EXCLUDED.last_origin, \
-    copies = GREATEST(dead_letters.copies, dead_letters.copies + EXCLUDED.copies \
-      - CASE WHEN EXCLUDED.original_topic || '/' || EXCLUDED.original_partition || '/' || EXCLUDED.original_offset \
-             IN (dead_letters.original_topic || '/' || dead_letters.original_partition || '/' || dead_letters.original_offset, \
-                 dead_letters.last_origin) THEN 1 ELSE 0 END \
-      - CASE WHEN EXCLUDED.copies > 1 AND EXCLUDED.last_origin \
-             IN (dead_letters.original_topic || '/' || dead_letters.original_partition || '/' || dead_letters.original_offset, \
-                 dead_letters.last_origin) THEN 1 ELSE 0 END)";
+    copies = dead_letters.copies + (SELECT count(*) FROM unnest(EXCLUDED.origins) AS n(o) \
+        WHERE NOT (n.o = ANY(dead_letters.origins)))::int, \
+    origins = (dead_letters.origins || ARRAY(SELECT n.o FROM unnest(EXCLUDED.origins) AS n(o) \
+        WHERE NOT (n.o = ANY(dead_letters.origins))))[1:64]"; // 64 = MAX_ORIGINS
 
 /// What makes two dead letters the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,8 +93,8 @@ struct Cols {
     replay: Vec<i32>,
     idempotency_key: Vec<Option<String>>,
     identity: Vec<String>,
-    copies: Vec<i32>,
-    last_origin: Vec<String>,
+    /// Distinct origins of the row's copies in this batch (Kafka topic names have no spaces).
+    origins: Vec<Vec<String>>,
 }
 
 fn payload_json(bytes: &[u8]) -> Option<Value> {
@@ -163,12 +163,9 @@ impl Sink for DlqSink {
             if let Some(&prev) = seen.get(&id) {
                 // The same dead letter twice in one batch: one row, a copy more when it came
                 // from another place.
-                if origin != c.last_origin[prev]
-                    && (c.topic[prev].as_str(), c.partition[prev], c.offset[prev])
-                        != (topic.as_str(), partition, offset)
-                {
-                    c.copies[prev] += 1;
-                    c.last_origin[prev] = origin;
+                let origins = &mut c.origins[prev];
+                if origins.len() < MAX_ORIGINS && !origins.contains(&origin) {
+                    origins.push(origin);
                 }
                 c.message[prev] = message;
                 c.attempts[prev] = attempts;
@@ -177,8 +174,7 @@ impl Sink for DlqSink {
             seen.insert(id.clone(), c.topic.len());
             c.idempotency_key.push(idem);
             c.identity.push(id.identity);
-            c.copies.push(1);
-            c.last_origin.push(origin);
+            c.origins.push(vec![origin]);
             let headers: Map<String, Value> = h
                 .iter()
                 .map(|(n, v)| {
@@ -225,8 +221,7 @@ impl Sink for DlqSink {
             .bind(&c.replay)
             .bind(&c.idempotency_key)
             .bind(&c.identity)
-            .bind(&c.copies)
-            .bind(&c.last_origin)
+            .bind(c.origins.iter().map(|o| o.join(" ")).collect::<Vec<_>>())
             .execute(&self.pool)
             .await;
         match result {
