@@ -178,6 +178,14 @@ YAML
   record http_source "$(merge "$(cat "$OUT_DIR/http.json")" "$stats")"
   record http_half "$(cat "$OUT_DIR/http_half.json")"
 
+  # -- http_source, the same requests gzip-compressed (Content-Encoding: gzip), a fresh process
+  start_connectd "$OUT_DIR/http.yaml" "$OUT_DIR/http_gzip.log"
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
+  "$LG" --url http://127.0.0.1:18080 --key "$KEY" --count "$HTTP_COUNT" --batch 100 --dup-ratio 0 --concurrency 16 --gzip --report "$OUT_DIR/http_gzip.json" >/dev/null 2>&1
+  stats=$(proc_stats)
+  stop_connectd
+  record http_gzip "$(merge "$(cat "$OUT_DIR/http_gzip.json")" "$stats")"
+
   # -- end to end: HTTP -> dedup -> Postgres for E2E_SECONDS at full speed
   psql_q "CREATE TABLE e2e_$S (LIKE growth_events INCLUDING ALL)" >/dev/null
   cat >"$OUT_DIR/e2e.yaml" <<YAML

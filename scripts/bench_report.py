@@ -51,6 +51,12 @@ redis_c = med("redis_ceiling", "per_second")
 http = med("http_source", "events_per_second")
 
 
+def http_us(section):
+    """Median connectd CPU µs per event sent over HTTP (the process ran only that load)."""
+    v = [r["cpu_seconds"] * 1e6 / r["events_sent"] for r in by.get(section, []) if r.get("cpu_seconds") is not None and r.get("events_sent")]
+    return f"{statistics.median(v):,.2f} ({min(v):,.2f}–{max(v):,.2f})" if v else "—"
+
+
 def us(section, key):
     """Median CPU µs per record of one process over the section's runs."""
     v = [r[key] * 1e6 / r["records"] for r in by.get(section, []) if r.get(key) is not None and r.get("records")]
@@ -99,7 +105,8 @@ group join on Tansu) to the consumer group's commit of the last record, and in s
 | `postgres_sink`: 1M envelopes from a 6-partition topic → table (2 slots, 2 connections) | {fmt("postgres_sink")} rows/s | {fmt("postgres_sink", "steady_per_second")} rows/s | {pct(sink, best_idem)} of the best idempotent ceiling | {fmt("postgres_sink", "cpu_us_per_record", 2)} | {fmt("postgres_sink", "peak_rss_mb", 1)} |
 | `redis_dedup`: 1M records, 20% duplicates, topic → topic (6 slots) | {fmt("redis_dedup")} records/s | {fmt("redis_dedup", "steady_per_second")} records/s | {pct(dedup, redis_c)} of the Redis ceiling | {fmt("redis_dedup", "cpu_us_per_record", 2)} | {fmt("redis_dedup", "peak_rss_mb", 1)} |
 | `forward`: {size}-byte records topic → topic (2 slots) | {fmt("forward")} records/s | {fmt("forward", "steady_per_second")} records/s | {pct(med("forward", "steady_per_second"), med("broker_produce", "per_second"))} of broker produce | {fmt("forward", "cpu_us_per_record", 2)} | {fmt("forward", "peak_rss_mb", 1)} |
-| `http_source`: 100-event requests, 16 concurrent, 202 after broker ack | {fmt("http_source", "events_per_second")} events/s; p50 {fmt("http_source", "latency_ms_p50", 1)} ms, p99 {fmt("http_source", "latency_ms_p99", 1)} ms | at half that rate: p50 {fmt("http_half", "latency_ms_p50", 1)} ms, p99 {fmt("http_half", "latency_ms_p99", 1)} ms | {pct(http, med("broker_produce", "per_second"))} of broker produce | — | {fmt("http_source", "peak_rss_mb", 1)} |
+| `http_source`: 100-event requests, 16 concurrent, 202 after broker ack | {fmt("http_source", "events_per_second")} events/s; p50 {fmt("http_source", "latency_ms_p50", 1)} ms, p99 {fmt("http_source", "latency_ms_p99", 1)} ms | at half that rate: p50 {fmt("http_half", "latency_ms_p50", 1)} ms, p99 {fmt("http_half", "latency_ms_p99", 1)} ms | {pct(http, med("broker_produce", "per_second"))} of broker produce | {http_us("http_source")} | {fmt("http_source", "peak_rss_mb", 1)} |
+| `http_source`: the same requests gzip-compressed (`Content-Encoding: gzip`) | {fmt("http_gzip", "events_per_second")} events/s; p50 {fmt("http_gzip", "latency_ms_p50", 1)} ms, p99 {fmt("http_gzip", "latency_ms_p99", 1)} ms | — | {pct(med("http_gzip", "events_per_second"), http)} of uncompressed | {http_us("http_gzip")} | {fmt("http_gzip", "peak_rss_mb", 1)} |
 
 The `postgres_sink` row is also the peak RSS of connectd working through a 1M-event backlog.
 

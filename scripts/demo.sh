@@ -38,6 +38,13 @@ if [ -f .dev/connectd.pid ] && kill -0 "$(cat .dev/connectd.pid)" 2>/dev/null; t
   kill -TERM "$(cat .dev/connectd.pid)" || true
   for _ in $(seq 1 100); do kill -0 "$(cat .dev/connectd.pid)" 2>/dev/null || break; sleep 0.2; done
 fi
+# Something else on our ports (another checkout's demo, another program) would answer in our
+# place: refuse rather than measure the wrong process.
+for addr in "$CONNECTD_HTTP" "$CONNECTD_ADMIN"; do
+  if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then
+    die "$addr is already in use by another process; stop it or set CONNECTD_HTTP / CONNECTD_ADMIN to free addresses"
+  fi
+done
 echo "== starting connectd run (log: .dev/connectd.log)" >&2
 setsid $BIN run -c connectors.yaml >>.dev/connectd.log 2>&1 </dev/null &
 echo $! >.dev/connectd.pid
@@ -91,7 +98,7 @@ client retries answered from the Idempotency-Key store : $REPLAYS
 distinct events accepted (202)                  : $ACCEPTED
 duplicates dropped by redis_dedup               : $DUPS
 rows stored in growth_events                    : $ROWS
-dead letters in dead_letters (poison)           : $DEAD   (poison sent: $POISON)
+dead letters in dead_letters (poison)           : $DEAD   (poison accepted: $POISON)
 check: rows + dead letters == accepted          : $((ROWS + DEAD)) == $ACCEPTED  $CHECK_ROWS
 check: dead letters == poison accepted          : $DEAD == $POISON  $CHECK_DEAD
 

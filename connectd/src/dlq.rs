@@ -90,10 +90,11 @@ type Row = (
     chrono::DateTime<chrono::Utc>,
     i32,
     Option<chrono::DateTime<chrono::Utc>>,
+    i32,
 );
 
 const COLUMNS: &str = "id, original_topic, original_partition, original_offset, connector, error_class, error_message, attempts, \
-                       record_key, payload, headers, first_seen, replay_count, replayed_at";
+                       record_key, payload, headers, first_seen, replay_count, replayed_at, copies";
 
 /// Headers that describe the failure; not carried into a replay.
 const FAILURE_HEADERS: &[&str] = &[
@@ -170,18 +171,19 @@ async fn list(pool: &sqlx::PgPool, f: &Filter, limit: i64, json: bool) -> u8 {
             first,
             replays,
             replayed,
+            copies,
         ) = r;
         if json {
             println!(
                 "{}",
                 serde_json::json!({"id": id, "origin": format!("{topic}/{part}/{off}"), "connector": connector, "error_class": class,
-                    "error_message": msg, "attempts": attempts, "first_seen": first, "replay_count": replays, "replayed_at": replayed,
+                    "error_message": msg, "attempts": attempts, "first_seen": first, "replay_count": replays, "replayed_at": replayed, "copies": copies,
                     "payload": String::from_utf8_lossy(payload)})
             );
         } else {
             let preview: String = String::from_utf8_lossy(payload).chars().take(60).collect();
             println!(
-                "{id:>8}  {first}  {connector:<16} {class:<20} {topic}/{part}/{off}  replays={replays}{}  {msg}  {preview}",
+                "{id:>8}  {first}  {connector:<16} {class:<20} {topic}/{part}/{off}  copies={copies} replays={replays}{}  {msg}  {preview}",
                 if replayed.is_some() { " (replayed)" } else { "" }
             );
         }
