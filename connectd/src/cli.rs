@@ -221,8 +221,25 @@ pub fn main(registry: Registry) -> ExitCode {
     ExitCode::from(run_command(cli.command, registry))
 }
 
+/// A registry with refused plugins is a broken build: say so on every command.
+fn refused(registry: &Registry) -> Option<u8> {
+    if registry.refused().is_empty() {
+        return None;
+    }
+    for e in registry.refused() {
+        eprintln!("error: {e}");
+    }
+    eprintln!(
+        "this connectd build registers a plugin that cannot work; fix the plugin and rebuild"
+    );
+    Some(EXIT_USAGE)
+}
+
 /// Runs one command; returns the exit code.
 pub fn run_command(command: Command, registry: Registry) -> u8 {
+    if let Some(code) = refused(&registry) {
+        return code;
+    }
     match command {
         Command::Validate { config } => match Config::load(&config, &registry) {
             Ok(c) => {

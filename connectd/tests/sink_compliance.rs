@@ -126,12 +126,12 @@ async fn a_poison_event_dead_lettered_at_several_offsets_is_one_row_counting_its
     let config: DlqSinkConfig =
         serde_json::from_value(serde_json::json!({"database_url": database_url()}))
             .expect("config");
-    let ctx = SinkContext {
-        name: connector.clone(),
-        group_id: connector.clone(),
-        metrics: connector_core::metrics::Metrics::new(),
-        shutdown: connector_core::Shutdown::never(),
-    };
+    let ctx = SinkContext::new(
+        connector.clone(),
+        connector.clone(),
+        connector_core::metrics::Metrics::new(),
+        connector_core::Shutdown::never(),
+    );
     let mut sink = DlqSinkPlugin::build(config, ctx).await.expect("build");
     let poison =
         |k: &str| format!(r#"{{"idempotency_key":"{k}","payload":{{"note":"nul\u0000byte"}}}}"#);

@@ -26,7 +26,21 @@ pub trait Emitter: Send + Sync {
 }
 
 /// Given to [`SinkPlugin::build`](crate::SinkPlugin::build).
+///
+/// The runtime builds one sink instance per in-flight slot (the connector's `max_in_flight`,
+/// default 2), all in one process; `instance` / `instances` tell each which it is. A plugin that
+/// cannot run as several instances at once (one file, in-memory state) sets
+/// [`SinkPlugin::SINGLE_INSTANCE`](crate::SinkPlugin::SINGLE_INSTANCE). Several *processes*
+/// running the same file split the partitions between them on top of that.
+///
+/// ```
+/// use connector_core::{SinkContext, Shutdown, metrics::Metrics};
+/// let ctx = SinkContext::new("files", "connectd-files", Metrics::new(), Shutdown::never())
+///     .with_instance(1, 2);
+/// assert_eq!((ctx.instance, ctx.instances), (1, 2));
+/// ```
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct SinkContext {
     /// The connector's `name`.
     pub name: String,
@@ -36,6 +50,37 @@ pub struct SinkContext {
     pub metrics: Metrics,
     /// Fires on shutdown.
     pub shutdown: Shutdown,
+    /// This instance's slot, `0..instances`. An exactly-once sink may also be built once more
+    /// with `instance == instances` to read its stored offsets (it receives no `write`).
+    pub instance: usize,
+    /// How many instances of this connector write at once in this process.
+    pub instances: usize,
+}
+
+impl SinkContext {
+    /// A context for instance 0 of 1 (for tests and harnesses; the runtime sets the rest).
+    pub fn new(
+        name: impl Into<String>,
+        group_id: impl Into<String>,
+        metrics: Metrics,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            group_id: group_id.into(),
+            metrics,
+            shutdown,
+            instance: 0,
+            instances: 1,
+        }
+    }
+
+    /// Sets which instance this is, of how many.
+    pub fn with_instance(mut self, instance: usize, instances: usize) -> Self {
+        self.instance = instance;
+        self.instances = instances;
+        self
+    }
 }
 
 /// Given to [`TransformPlugin::build`](crate::TransformPlugin::build).

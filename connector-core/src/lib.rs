@@ -97,7 +97,10 @@ pub use plugin::{
     TransformOutcome, TransformPlugin,
 };
 pub use record::{Headers, Origin, Record, IDEMPOTENCY_KEY_HEADER};
-pub use registry::{ConnectorKind, ErasedConfig, PluginDescriptor, Registry};
+pub use registry::{
+    ConnectorKind, ErasedConfig, PluginDescriptor, Registry, RegistryError, RESERVED_SINK_SETTINGS,
+    RESERVED_SOURCE_SETTINGS, RESERVED_TRANSFORM_SETTINGS,
+};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 
 /// Re-exports so plugin crates need not depend on these directly with matching versions.

@@ -181,8 +181,14 @@ pub trait SinkPlugin: Send + Sync + 'static {
     const TYPE: &'static str;
     /// One line for `connectd plugins`.
     const DESCRIPTION: &'static str;
-    /// Typed configuration.
+    /// Typed configuration. Its fields must not use the names the runtime reserves
+    /// ([`RESERVED_SINK_SETTINGS`](crate::RESERVED_SINK_SETTINGS)): such a plugin is refused at
+    /// registration.
     type Config: DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static;
+    /// True when at most one instance may write at a time in a process (a single file, state
+    /// in memory): `connectd validate` refuses `max_in_flight` above 1 for it, and an unset
+    /// `max_in_flight` becomes 1 instead of the default 2.
+    const SINGLE_INSTANCE: bool = false;
 
     /// Pure checks beyond the schema (no I/O). All problems at once.
     fn validate(_config: &Self::Config) -> Result<(), Vec<ConfigIssue>> {

@@ -62,6 +62,59 @@ enum Builder {
     Source(BuildSource),
 }
 
+/// Settings the runtime adds to every sink block; a sink's config must not declare them.
+pub const RESERVED_SINK_SETTINGS: &[&str] = &[
+    "name",
+    "type",
+    "enabled",
+    "input",
+    "group_id",
+    "dlq_topic",
+    "batch",
+    "max_in_flight",
+    "max_buffered_bytes",
+    "retry",
+    "dlq_breaker",
+    "start_from",
+];
+
+/// Settings the runtime adds to every transform block: a sink's, and `output`.
+pub const RESERVED_TRANSFORM_SETTINGS: &[&str] = &[
+    "name",
+    "type",
+    "enabled",
+    "input",
+    "group_id",
+    "dlq_topic",
+    "batch",
+    "max_in_flight",
+    "max_buffered_bytes",
+    "retry",
+    "dlq_breaker",
+    "start_from",
+    "output",
+];
+
+/// Settings the runtime adds to every source block.
+pub const RESERVED_SOURCE_SETTINGS: &[&str] = &["name", "type", "enabled", "output"];
+
+/// Why a plugin was refused at registration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The plugin's config declares a setting the runtime adds to every block of its kind.
+    #[error("plugin {plugin} declares the setting {setting:?}, which the runtime reserves for every {kind} (reserved: {reserved}); rename it in the plugin's config")]
+    ReservedSetting {
+        /// The plugin's `type`.
+        plugin: &'static str,
+        /// Its kind.
+        kind: ConnectorKind,
+        /// The clashing setting.
+        setting: String,
+        /// Every reserved name, comma-separated.
+        reserved: String,
+    },
+}
+
 /// Everything the runtime knows about one registered plugin, with its types erased.
 #[derive(Clone)]
 pub struct PluginDescriptor {
@@ -70,6 +123,7 @@ pub struct PluginDescriptor {
     schema: fn() -> serde_json::Value,
     parse: fn(serde_json::Value) -> Result<ErasedConfig, Vec<ConfigIssue>>,
     builder: Builder,
+    single_instance: bool,
 }
 
 impl fmt::Debug for PluginDescriptor {
@@ -130,6 +184,7 @@ impl PluginDescriptor {
             builder: Builder::Sink(|cfg, ctx| {
                 Box::pin(async move { P::build(downcast::<P::Config>(&cfg, P::TYPE)?, ctx).await })
             }),
+            single_instance: P::SINGLE_INSTANCE,
         }
     }
 
@@ -143,6 +198,7 @@ impl PluginDescriptor {
             builder: Builder::Transform(|cfg, ctx| {
                 Box::pin(async move { P::build(downcast::<P::Config>(&cfg, P::TYPE)?, ctx).await })
             }),
+            single_instance: false,
         }
     }
 
@@ -156,6 +212,7 @@ impl PluginDescriptor {
             builder: Builder::Source(|cfg, ctx| {
                 Box::pin(async move { P::build(downcast::<P::Config>(&cfg, P::TYPE)?, &ctx).await })
             }),
+            single_instance: false,
         }
     }
 
@@ -175,6 +232,38 @@ impl PluginDescriptor {
             Builder::Sink(_) => ConnectorKind::Sink,
             Builder::Transform(_) => ConnectorKind::Transform,
             Builder::Source(_) => ConnectorKind::Source,
+        }
+    }
+
+    /// True when the plugin allows one instance at a time ([`SinkPlugin::SINGLE_INSTANCE`]).
+    pub fn single_instance(&self) -> bool {
+        self.single_instance
+    }
+
+    /// The settings the runtime adds to every block of this plugin's kind.
+    pub fn reserved_settings(&self) -> &'static [&'static str] {
+        match self.kind() {
+            ConnectorKind::Sink => RESERVED_SINK_SETTINGS,
+            ConnectorKind::Transform => RESERVED_TRANSFORM_SETTINGS,
+            ConnectorKind::Source => RESERVED_SOURCE_SETTINGS,
+        }
+    }
+
+    /// Checks that the plugin's config declares no reserved setting.
+    pub fn check_reserved(&self) -> Result<(), RegistryError> {
+        let reserved = self.reserved_settings();
+        let schema = self.config_schema();
+        let clash = schema["properties"]
+            .as_object()
+            .and_then(|p| p.keys().find(|k| reserved.contains(&k.as_str())).cloned());
+        match clash {
+            None => Ok(()),
+            Some(setting) => Err(RegistryError::ReservedSetting {
+                plugin: self.type_name,
+                kind: self.kind(),
+                setting,
+                reserved: reserved.join(", "),
+            }),
         }
     }
 
@@ -250,6 +339,7 @@ impl PluginDescriptor {
 #[derive(Clone, Default, Debug)]
 pub struct Registry {
     plugins: BTreeMap<&'static str, PluginDescriptor>,
+    refused: Vec<RegistryError>,
 }
 
 impl Registry {
@@ -260,7 +350,16 @@ impl Registry {
 
     /// Adds a descriptor; a later registration of the same `type` replaces the earlier one
     /// (so a custom build can override a built-in).
+    ///
+    /// A plugin whose config declares a reserved setting (see [`RESERVED_SINK_SETTINGS`]) is
+    /// not added: it is listed in [`refused`](Self::refused), and `connectd`'s CLI refuses to
+    /// start (exit 2) while any plugin is refused, naming the clash.
     pub fn register(&mut self, descriptor: PluginDescriptor) -> &mut Self {
+        if let Err(e) = descriptor.check_reserved() {
+            tracing::error!(plugin = descriptor.type_name, error = %e, "plugin refused");
+            self.refused.push(e);
+            return self;
+        }
         if let Some(old) = self.plugins.insert(descriptor.type_name, descriptor) {
             tracing::debug!(plugin = old.type_name, "plugin registration replaced");
         }
@@ -290,5 +389,80 @@ impl Registry {
     /// Every plugin, sorted by `type` name.
     pub fn plugins(&self) -> impl Iterator<Item = &PluginDescriptor> {
         self.plugins.values()
+    }
+
+    /// Plugins refused at registration, and why.
+    pub fn refused(&self) -> &[RegistryError] {
+        &self.refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::RecordOutcome;
+    use crate::record::Record;
+    use async_trait::async_trait;
+
+    struct Nop;
+    #[async_trait]
+    impl Sink for Nop {
+        async fn write(&mut self, b: &[Record]) -> Result<Vec<RecordOutcome>, ConnectorError> {
+            Ok(vec![RecordOutcome::Delivered; b.len()])
+        }
+    }
+
+    /// A config that clashes with the runtime's `batch`.
+    #[derive(Clone, serde::Deserialize, schemars::JsonSchema)]
+    struct Clashing {
+        /// Mine.
+        #[allow(dead_code)]
+        batch: u32,
+    }
+    struct ClashPlugin;
+    #[async_trait]
+    impl SinkPlugin for ClashPlugin {
+        const TYPE: &'static str = "clash";
+        const DESCRIPTION: &'static str = "clashes";
+        type Config = Clashing;
+        async fn build(_: Clashing, _: SinkContext) -> Result<Box<dyn Sink>, ConnectorError> {
+            Ok(Box::new(Nop))
+        }
+    }
+
+    #[derive(Clone, serde::Deserialize, schemars::JsonSchema)]
+    struct Fine {
+        /// Mine.
+        #[allow(dead_code)]
+        path: String,
+    }
+    struct SinglePlugin;
+    #[async_trait]
+    impl SinkPlugin for SinglePlugin {
+        const TYPE: &'static str = "single";
+        const DESCRIPTION: &'static str = "one at a time";
+        const SINGLE_INSTANCE: bool = true;
+        type Config = Fine;
+        async fn build(_: Fine, _: SinkContext) -> Result<Box<dyn Sink>, ConnectorError> {
+            Ok(Box::new(Nop))
+        }
+    }
+
+    #[test]
+    fn a_plugin_declaring_a_reserved_setting_is_refused_with_the_reason() {
+        let mut r = Registry::new();
+        r.register_sink::<ClashPlugin>()
+            .register_sink::<SinglePlugin>();
+        assert!(r.get("clash").is_none());
+        assert_eq!(r.refused().len(), 1);
+        let msg = r.refused()[0].to_string();
+        assert!(
+            msg.contains("plugin clash declares the setting \"batch\""),
+            "{msg}"
+        );
+        assert!(msg.contains("max_in_flight"), "{msg}");
+        let single = r.get("single").expect("registered");
+        assert!(single.single_instance());
+        assert_eq!(single.kind(), ConnectorKind::Sink);
     }
 }

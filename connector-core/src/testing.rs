@@ -6,11 +6,18 @@
 //! | check | what it proves |
 //! | --- | --- |
 //! | `config_schema` | the config has a JSON Schema and every setting is documented |
+//! | `reserved_settings` | the config declares none of the settings the runtime adds to every sink block (such a plugin is refused at registration) |
 //! | `outcomes_per_record` | `write` answers exactly one outcome per record |
 //! | `acks_after_durable_write` | every record answered `Delivered` is readable by the probe when `write` returns |
 //! | `idempotent_redelivery` | writing the same batch again stores nothing twice |
-//! | `error_classification` | records that can never be written are `Permanent` (→ DLQ), not retried forever, and do not take good records down |
+//! | `error_classification` | records that can never be written are `Permanent` (→ DLQ), not retried forever, and do not take good records down — **skipped** without [`poison`](SinkHarness::poison) records |
+//! | `survives_unclean_drop` | a sink dropped without `close` (a crash of the process) has kept what it acknowledged, and a fresh instance (after your [`reopen`](SinkHarness::reopen) hook, if any) stores a redelivery once |
+//! | `concurrent_instances` | two instances built and writing at once, each its own records (as `max_in_flight: 2` runs them in one process), store every record once — **skipped** for [`SINGLE_INSTANCE`](crate::SinkPlugin::SINGLE_INSTANCE) plugins |
 //! | `close_and_reopen` | `close` succeeds, a rebuilt sink sees the earlier writes (no duplicates after a restart) |
+//!
+//! Not checked, and said so in every report: durability across a power loss or an OS crash
+//! (the harness cannot pull the plug; use `fsync` or your store's durable commit), and
+//! behaviour across several processes (run the pipeline test for that).
 //!
 //! Your part is a [`Probe`]: a way to ask your store how many times each record's effect is
 //! there (usually a lookup by idempotency key).
@@ -48,11 +55,19 @@ pub trait Probe: Send + Sync {
 pub struct CheckResult {
     /// Check name.
     pub name: &'static str,
-    /// Passed?
+    /// Passed? (A skipped check counts as not failed.)
     pub passed: bool,
+    /// Not run (the detail says why and how to run it).
+    pub skipped: bool,
     /// Why it failed (or what it saw).
     pub detail: String,
 }
+
+/// What the harness cannot check, printed with every report.
+pub const NOT_CHECKED: &[&str] = &[
+    "durability across a power loss or OS crash (the harness cannot pull the plug: fsync or use your store's durable commit)",
+    "several connectd processes sharing the partitions (run your pipeline test for that)",
+];
 
 /// Every check's result.
 #[derive(Debug, Clone, Default)]
@@ -66,13 +81,28 @@ impl Report {
         self.checks.push(CheckResult {
             name,
             passed,
+            skipped: false,
             detail: detail.into(),
         });
     }
 
-    /// True when every check passed.
+    fn skip(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.checks.push(CheckResult {
+            name,
+            passed: true,
+            skipped: true,
+            detail: detail.into(),
+        });
+    }
+
+    /// True when no check failed (skipped ones included: see [`skipped`](Self::skipped)).
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
+    }
+
+    /// The checks that were not run.
+    pub fn skipped(&self) -> Vec<&CheckResult> {
+        self.checks.iter().filter(|c| c.skipped).collect()
     }
 
     /// The failed checks.
@@ -85,24 +115,34 @@ impl Report {
         self.checks.iter().find(|c| c.name == name)
     }
 
-    /// Panics with the report when a check failed.
+    /// Panics with the report when a check failed; otherwise prints it (skipped checks and
+    /// what was not checked included) to stderr, where `cargo test -- --nocapture` shows it.
     pub fn assert_passed(&self) {
         assert!(self.passed(), "sink contract violated:\n{self}");
+        eprint!("{self}");
     }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.checks {
-            writeln!(
-                f,
-                "[{}] {}: {}",
-                if c.passed { "pass" } else { "FAIL" },
-                c.name,
-                c.detail
-            )?;
+            let mark = match (c.passed, c.skipped) {
+                (_, true) => "skip",
+                (true, false) => "pass",
+                (false, false) => "FAIL",
+            };
+            writeln!(f, "[{mark}] {}: {}", c.name, c.detail)?;
         }
-        Ok(())
+        for n in NOT_CHECKED {
+            writeln!(f, "[not checked] {n}")?;
+        }
+        let failed = self.checks.iter().filter(|c| !c.passed).count();
+        let skipped = self.checks.iter().filter(|c| c.skipped).count();
+        writeln!(
+            f,
+            "harness: {} passed, {failed} failed, {skipped} skipped",
+            self.checks.len() - failed - skipped
+        )
     }
 }
 
@@ -138,6 +178,11 @@ pub fn envelope_record(tag: &str, i: u64) -> Record {
 }
 
 type RecordFn = Box<dyn Fn(&str, u64) -> Record + Send + Sync>;
+type ReopenFn = Box<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Runs the contract checks against a sink plugin `P`.
 pub struct SinkHarness<P: SinkPlugin> {
@@ -146,6 +191,7 @@ pub struct SinkHarness<P: SinkPlugin> {
     records: RecordFn,
     poison: Vec<Record>,
     batch: u64,
+    reopen: Option<ReopenFn>,
     _p: PhantomData<P>,
 }
 
@@ -158,6 +204,7 @@ impl<P: SinkPlugin> SinkHarness<P> {
             records: Box::new(envelope_record),
             poison: Vec::new(),
             batch: 50,
+            reopen: None,
             _p: PhantomData,
         }
     }
@@ -186,12 +233,165 @@ impl<P: SinkPlugin> SinkHarness<P> {
         self
     }
 
+    /// Runs after a sink was dropped without `close` and before a fresh one is built, e.g. to
+    /// restart an embedded store or reopen a file the way a new process would.
+    pub fn reopen<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.reopen = Some(Box::new(move || Box::pin(f())));
+        self
+    }
+
     fn ctx() -> SinkContext {
-        SinkContext {
-            name: "harness".into(),
-            group_id: "harness".into(),
-            metrics: Metrics::new(),
-            shutdown: Shutdown::never(),
+        SinkContext::new("harness", "harness", Metrics::new(), Shutdown::never())
+    }
+
+    fn reserved_check(report: &mut Report) {
+        match crate::PluginDescriptor::sink::<P>().check_reserved() {
+            Ok(()) => report.push(
+                "reserved_settings",
+                true,
+                "no setting clashes with the runtime's own",
+            ),
+            Err(e) => report.push("reserved_settings", false, e.to_string()),
+        }
+    }
+
+    /// Writes `batch`, drops the sink without `close`, runs the reopen hook, and checks what
+    /// was acknowledged is there and a fresh instance stores a redelivery once.
+    async fn unclean_drop_check(&self, report: &mut Report, probe: &dyn Probe, batch: &[Record]) {
+        const NAME: &str = "survives_unclean_drop";
+        let mut sink = match P::build(self.config.clone(), Self::ctx()).await {
+            Ok(s) => s,
+            Err(e) => return report.push(NAME, false, format!("build failed: {e}")),
+        };
+        let outcomes = match sink.write(batch).await {
+            Ok(o) => o,
+            Err(e) => return report.push(NAME, false, format!("write failed: {e}")),
+        };
+        // A crash: no close, no flush — whatever the sink buffered and did not write is lost.
+        drop(sink);
+        if let Some(reopen) = &self.reopen {
+            if let Err(e) = reopen().await {
+                return report.push(NAME, false, format!("the reopen hook failed: {e}"));
+            }
+        }
+        let lost: Vec<String> = match probe.stored(batch).await {
+            Ok(counts) => outcomes
+                .iter()
+                .zip(batch)
+                .zip(counts)
+                .filter(|((o, _), c)| o.is_delivered() && *c == 0)
+                .map(|((_, r), _)| describe(r))
+                .collect(),
+            Err(e) => return report.push(NAME, false, format!("probe failed: {e}")),
+        };
+        if !lost.is_empty() {
+            return report.push(NAME, false, format!(
+                "{} acknowledged records are gone after the sink was dropped without close (buffered, written only on close?); e.g. {}",
+                lost.len(),
+                lost.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let mut fresh = match P::build(self.config.clone(), Self::ctx()).await {
+            Ok(s) => s,
+            Err(e) => {
+                return report.push(NAME, false, format!("rebuild after the drop failed: {e}"))
+            }
+        };
+        let redelivered = fresh.write(batch).await;
+        let counts = probe.stored(batch).await;
+        let _ = fresh.close().await;
+        match (redelivered, counts) {
+            (Ok(_), Ok(c)) if c.iter().all(|n| *n == 1) => report.push(
+                NAME,
+                true,
+                format!("{} records kept after a drop without close; a fresh instance stored the redelivery once", batch.len()),
+            ),
+            (Ok(_), Ok(c)) => report.push(
+                NAME,
+                false,
+                format!("after the drop and a redelivery records are stored up to {:?} times (want 1)", c.iter().max()),
+            ),
+            (Err(e), _) => report.push(NAME, false, format!("write after the drop failed: {e}")),
+            (_, Err(e)) => report.push(NAME, false, format!("probe failed: {e}")),
+        }
+    }
+
+    /// Two instances at once, on their own records and on the same ones.
+    async fn concurrent_check(&self, report: &mut Report, probe: &dyn Probe, tag: &str) {
+        const NAME: &str = "concurrent_instances";
+        if P::SINGLE_INSTANCE {
+            return report.skip(
+                NAME,
+                "the plugin declares SINGLE_INSTANCE: the runtime never runs two instances at once",
+            );
+        }
+        // As the runtime runs them in one process: each instance its own partitions, at once.
+        let base = self.batch * 10;
+        let own_a: Vec<Record> = (base..base + self.batch)
+            .map(|i| (self.records)(tag, i))
+            .collect();
+        let own_b: Vec<Record> = (base + self.batch..base + 2 * self.batch)
+            .map(|i| (self.records)(tag, i))
+            .collect();
+        let (a, b) = tokio::join!(
+            P::build(self.config.clone(), Self::ctx().with_instance(0, 2)),
+            P::build(self.config.clone(), Self::ctx().with_instance(1, 2))
+        );
+        let (mut a, mut b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return report.push(NAME, false, format!(
+                "building two instances at once failed ({e}); if the plugin cannot run as several instances, set SINGLE_INSTANCE"
+            )),
+        };
+        let (ra, rb) = tokio::join!(a.write(&own_a), b.write(&own_b));
+        let (ra2, rb2) = tokio::join!(a.write(&own_a), b.write(&own_b));
+        let _ = tokio::join!(a.close(), b.close());
+        for r in [ra, rb, ra2, rb2] {
+            match r {
+                Ok(o) if o.iter().all(RecordOutcome::is_delivered) => {}
+                Ok(_) => {
+                    return report.push(
+                        NAME,
+                        false,
+                        "a record written by one of two concurrent instances was not Delivered",
+                    )
+                }
+                Err(e) => {
+                    return report.push(NAME, false, format!("a concurrent write failed: {e}"))
+                }
+            }
+        }
+        let all: Vec<Record> = own_a.into_iter().chain(own_b).collect();
+        match probe.stored(&all).await {
+            Ok(c) => {
+                let wrong: Vec<String> = c
+                    .iter()
+                    .zip(&all)
+                    .filter(|(n, _)| **n != 1)
+                    .map(|(n, r)| format!("{} stored {n}×", describe(r)))
+                    .collect();
+                if wrong.is_empty() {
+                    report.push(
+                        NAME,
+                        true,
+                        format!(
+                            "two instances at once: {} records stored once each",
+                            all.len()
+                        ),
+                    );
+                } else {
+                    report.push(NAME, false, format!(
+                        "with two instances writing at once {} records are not stored exactly once (e.g. {}); if the plugin cannot run as several instances, set SINGLE_INSTANCE",
+                        wrong.len(),
+                        wrong.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+            Err(e) => report.push(NAME, false, format!("probe failed: {e}")),
         }
     }
 
@@ -234,6 +434,7 @@ impl<P: SinkPlugin> SinkHarness<P> {
     pub async fn run(self) -> Report {
         let mut report = Report::default();
         Self::schema_check(&mut report);
+        Self::reserved_check(&mut report);
         if let Err(issues) = P::validate(&self.config) {
             let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
             report.push(
@@ -354,10 +555,9 @@ impl<P: SinkPlugin> SinkHarness<P> {
 
         // 3. Poison records are permanent and do not take good ones down.
         if self.poison.is_empty() {
-            report.push(
+            report.skip(
                 "error_classification",
-                true,
-                "no poison records given (skipped: pass .poison(...) to check)",
+                "no poison records given: pass .poison(...) with records your sink can never store",
             );
         } else {
             let good: Vec<Record> = (self.batch..self.batch + 5)
@@ -430,6 +630,16 @@ impl<P: SinkPlugin> SinkHarness<P> {
             },
             Err(e) => report.push("close_and_reopen", false, format!("close failed: {e}")),
         }
+
+        // 5. A crash (drop without close), then a fresh instance; 6. two instances at once.
+        // (Every earlier instance is closed: a SINGLE_INSTANCE sink never has two open.)
+        let dropped: Vec<Record> = (self.batch * 2..self.batch * 3)
+            .map(|i| (self.records)(&tag, i))
+            .collect();
+        self.unclean_drop_check(&mut report, probe.as_ref(), &dropped)
+            .await;
+        self.concurrent_check(&mut report, probe.as_ref(), &tag)
+            .await;
         report
     }
 }
@@ -483,12 +693,27 @@ mod tests {
         store: String,
         /// Acknowledge first and write later (the bug the harness must catch).
         broken: bool,
+        /// Hold the store exclusively while open, like a file lock (breaks with two instances).
+        #[serde(default)]
+        exclusive: bool,
     }
+
+    static OPEN: std::sync::LazyLock<Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
 
     struct MemSink {
         store: Store,
         broken: bool,
+        lock: Option<String>,
         pending: Vec<String>,
+    }
+
+    impl Drop for MemSink {
+        fn drop(&mut self) {
+            if let (Some(l), Ok(mut open)) = (&self.lock, OPEN.lock()) {
+                open.remove(l);
+            }
+        }
     }
 
     #[async_trait]
@@ -534,9 +759,21 @@ mod tests {
             Ok(())
         }
         async fn build(c: MemConfig, _: SinkContext) -> Result<Box<dyn Sink>, ConnectorError> {
+            if c.exclusive {
+                let mut open = OPEN
+                    .lock()
+                    .map_err(|_| ConnectorError::retriable("lock", "poisoned"))?;
+                if !open.insert(c.store.clone()) {
+                    return Err(ConnectorError::permanent(
+                        "locked",
+                        "the store is open in another instance",
+                    ));
+                }
+            }
             Ok(Box::new(MemSink {
                 store: store(&c.store),
                 broken: c.broken,
+                lock: c.exclusive.then(|| c.store.clone()),
                 pending: vec![],
             }))
         }
@@ -561,13 +798,15 @@ mod tests {
         let report = SinkHarness::<MemPlugin>::new(MemConfig {
             store: name.clone(),
             broken: false,
+            exclusive: false,
         })
         .probe(MemProbe(store(&name)))
         .poison(vec![Record::new("not json").with_origin("t", 0, 1)])
         .run()
         .await;
         report.assert_passed();
-        assert_eq!(report.checks.len(), 6, "{report}");
+        assert_eq!(report.checks.len(), 9, "{report}");
+        assert!(report.skipped().is_empty(), "{report}");
     }
 
     #[tokio::test]
@@ -576,6 +815,7 @@ mod tests {
         let report = SinkHarness::<MemPlugin>::new(MemConfig {
             store: name.clone(),
             broken: true,
+            exclusive: false,
         })
         .probe(MemProbe(store(&name)))
         .run()
@@ -618,5 +858,65 @@ mod tests {
         SinkHarness::<P>::schema_check(&mut r);
         assert!(!r.passed());
         assert!(r.checks[0].detail.contains("x"), "{}", r.checks[0].detail);
+    }
+
+    #[tokio::test]
+    async fn a_check_without_its_input_is_reported_skipped_not_passed() {
+        let name = run_tag();
+        let report = SinkHarness::<MemPlugin>::new(MemConfig {
+            store: name.clone(),
+            broken: false,
+            exclusive: false,
+        })
+        .probe(MemProbe(store(&name)))
+        .run()
+        .await;
+        assert!(report.passed(), "{report}");
+        let skipped: Vec<&str> = report.skipped().iter().map(|c| c.name).collect();
+        assert_eq!(skipped, vec!["error_classification"]);
+        let text = report.to_string();
+        assert!(text.contains("[skip] error_classification"), "{text}");
+        assert!(text.contains("1 skipped"), "{text}");
+        assert!(
+            text.contains("[not checked] durability across a power loss"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_locks_its_store_fails_with_two_instances() {
+        let name = run_tag();
+        let report = SinkHarness::<MemPlugin>::new(MemConfig {
+            store: name.clone(),
+            broken: false,
+            exclusive: true,
+        })
+        .probe(MemProbe(store(&name)))
+        .run()
+        .await;
+        let c = report.check("concurrent_instances").expect("ran");
+        assert!(!c.passed, "{report}");
+        assert!(c.detail.contains("SINGLE_INSTANCE"), "{}", c.detail);
+    }
+
+    #[tokio::test]
+    async fn the_reopen_hook_runs_between_the_drop_and_the_fresh_instance() {
+        let name = run_tag();
+        let report = SinkHarness::<MemPlugin>::new(MemConfig {
+            store: name.clone(),
+            broken: false,
+            exclusive: false,
+        })
+        .probe(MemProbe(store(&name)))
+        .reopen(|| async { Err("the store did not come back".to_string()) })
+        .run()
+        .await;
+        let c = report.check("survives_unclean_drop").expect("ran");
+        assert!(!c.passed);
+        assert!(
+            c.detail.contains("the store did not come back"),
+            "{}",
+            c.detail
+        );
     }
 }

@@ -483,10 +483,28 @@ fn validate_connector(
             }
         }
     }
+    let explicit_in_flight = consumer_map
+        .get("max_in_flight")
+        .and_then(Value::as_u64)
+        .filter(|_| plugin.single_instance());
     let consumer = if kind == ConnectorKind::Source {
         None
     } else {
         match serde_json::from_value::<ConsumerSettings>(Value::Object(consumer_map)) {
+            // A single-instance plugin: an unset max_in_flight means 1, a larger one is refused.
+            Ok(mut c) if plugin.single_instance() => {
+                match explicit_in_flight {
+                    Some(m) if m > 1 => cx.push(
+                        n,
+                        &format!("{base}/max_in_flight"),
+                        format!(
+                            "{type_name} runs as a single instance (it writes to one file or keeps state in memory); max_in_flight must be 1, not {m}"
+                        ),
+                    ),
+                    _ => c.max_in_flight = 1,
+                }
+                Some(c)
+            }
             Ok(c) => Some(c),
             Err(e) => {
                 cx.push(n, base, e.to_string());

@@ -258,3 +258,83 @@ mod proptests {
         }
     }
 }
+
+mod single_instance {
+    use super::*;
+    use connector_core::prelude::*;
+
+    struct Nop;
+    #[async_trait]
+    impl Sink for Nop {
+        async fn write(&mut self, b: &[Record]) -> Result<Vec<RecordOutcome>, ConnectorError> {
+            Ok(vec![RecordOutcome::Delivered; b.len()])
+        }
+    }
+
+    /// One file.
+    #[derive(Clone, serde::Deserialize, schemars::JsonSchema)]
+    struct OneFile {
+        /// The file.
+        #[allow(dead_code)]
+        path: String,
+    }
+    struct OneFilePlugin;
+    #[async_trait]
+    impl SinkPlugin for OneFilePlugin {
+        const TYPE: &'static str = "one_file";
+        const DESCRIPTION: &'static str = "writes one file";
+        const SINGLE_INSTANCE: bool = true;
+        type Config = OneFile;
+        async fn build(_: OneFile, _: SinkContext) -> Result<Box<dyn Sink>, ConnectorError> {
+            Ok(Box::new(Nop))
+        }
+    }
+
+    fn load_with(in_flight: &str) -> Result<Config, Vec<String>> {
+        let mut r = Registry::builtin();
+        r.register_sink::<OneFilePlugin>();
+        let text = format!("kafka:\n  brokers: b:9092\nconnectors:\n  - name: f\n    type: one_file\n    input: t\n    path: /tmp/x\n{in_flight}");
+        Config::parse(&text, &r, env).map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_single_instance_sink_runs_one_instance_and_refuses_more() {
+        let c = load_with("").expect("valid");
+        let consumer = c.connectors[0].consumer.as_ref().expect("consumer");
+        assert_eq!(consumer.max_in_flight, 1, "unset max_in_flight becomes 1");
+        assert!(load_with("    max_in_flight: 1\n").is_ok());
+        assert_eq!(
+            load_with("    max_in_flight: 3\n").err().unwrap_or_default(),
+            ["line 8: connector \"f\": connectors[0].max_in_flight: one_file runs as a single instance (it writes to one file or keeps state in memory); max_in_flight must be 1, not 3"]
+        );
+    }
+
+    /// Clashes with the runtime's `retry`.
+    #[derive(Clone, serde::Deserialize, schemars::JsonSchema)]
+    struct Clash {
+        /// Mine.
+        #[allow(dead_code)]
+        retry: u32,
+    }
+    struct ClashPlugin;
+    #[async_trait]
+    impl SinkPlugin for ClashPlugin {
+        const TYPE: &'static str = "clash";
+        const DESCRIPTION: &'static str = "clashes";
+        type Config = Clash;
+        async fn build(_: Clash, _: SinkContext) -> Result<Box<dyn Sink>, ConnectorError> {
+            Ok(Box::new(Nop))
+        }
+    }
+
+    #[test]
+    fn a_build_with_a_refused_plugin_refuses_every_command() {
+        let mut r = Registry::builtin();
+        r.register_sink::<ClashPlugin>();
+        assert_eq!(r.refused().len(), 1);
+        assert_eq!(
+            crate::cli::run_command(crate::cli::Command::Plugins, r),
+            crate::cli::EXIT_USAGE
+        );
+    }
+}

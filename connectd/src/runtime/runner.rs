@@ -458,7 +458,7 @@ pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
                     }
                     (Ok(()), Ok(a)) => settle(&env, &shared, &mut instance, batch, a).await,
                 };
-                env.handle.set_details(instance.status());
+                env.handle.set_details(i, instance.status());
                 let stop = result.is_err();
                 report(result.err());
                 if stop {

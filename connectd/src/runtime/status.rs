@@ -180,8 +180,12 @@ pub struct StatusView {
     pub assigned_partitions: usize,
     /// Lag per `topic/partition` (approximate on Tansu).
     pub lag: BTreeMap<String, i64>,
-    /// Connector-specific status.
+    /// Connector-specific status: instance 0's (`Sink::status` / `Transform::status`).
     pub details: serde_json::Value,
+    /// Every instance's status, by slot (`max_in_flight` instances run at once), when there is
+    /// more than one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<serde_json::Value>,
     /// Configuration with secrets redacted.
     pub config: serde_json::Value,
 }
@@ -191,7 +195,8 @@ struct Inner {
     assigned: usize,
     last_error: Option<String>,
     lag: BTreeMap<String, i64>,
-    details: serde_json::Value,
+    /// Status per instance slot.
+    details: Vec<serde_json::Value>,
 }
 
 /// One connector's shared status handle.
@@ -257,9 +262,13 @@ impl ConnectorHandle {
         self.lock().lag.clear();
     }
 
-    /// Connector-specific details.
-    pub fn set_details(&self, d: serde_json::Value) {
-        self.lock().details = d;
+    /// Connector-specific details of the instance in `slot`.
+    pub fn set_details(&self, slot: usize, d: serde_json::Value) {
+        let mut g = self.lock();
+        if g.details.len() <= slot {
+            g.details.resize(slot + 1, serde_json::Value::Null);
+        }
+        g.details[slot] = d;
     }
 
     /// Operator control channel.
@@ -305,7 +314,16 @@ impl ConnectorHandle {
             restarts: m.restarts.get(),
             assigned_partitions: g.assigned,
             lag: g.lag.clone(),
-            details: g.details.clone(),
+            details: g
+                .details
+                .first()
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+            instances: if g.details.len() > 1 {
+                g.details.clone()
+            } else {
+                Vec::new()
+            },
             config: self.config.clone(),
         }
     }
@@ -348,7 +366,7 @@ impl StatusRegistry {
                 assigned: 0,
                 last_error: None,
                 lag: BTreeMap::new(),
-                details: serde_json::Value::Null,
+                details: Vec::new(),
             })),
             metrics: ConnectorMetrics::new(&m),
             control_tx: Arc::new(tx),

@@ -123,14 +123,15 @@ async fn run_once(
             };
             let slots = consumer.max_in_flight.max(1);
             let mut instances = Vec::with_capacity(slots);
-            for _ in 0..slots {
+            for slot in 0..slots {
                 let instance = if kind == ConnectorKind::Sink {
-                    let ctx = SinkContext {
-                        name: spec.name.clone(),
-                        group_id: consumer.group(&spec.name),
-                        metrics: metrics.clone(),
-                        shutdown: env.shutdown.clone(),
-                    };
+                    let ctx = SinkContext::new(
+                        spec.name.clone(),
+                        consumer.group(&spec.name),
+                        metrics.clone(),
+                        env.shutdown.clone(),
+                    )
+                    .with_instance(slot, slots);
                     Instance::Sink(
                         spec.plugin
                             .build_sink(spec.config.clone(), ctx)
@@ -159,12 +160,13 @@ async fn run_once(
             // instance to ask on every assignment.
             let mut offset_store = None;
             if kind == ConnectorKind::Sink {
-                let ctx = SinkContext {
-                    name: spec.name.clone(),
-                    group_id: consumer.group(&spec.name),
-                    metrics: metrics.clone(),
-                    shutdown: env.shutdown.clone(),
-                };
+                let ctx = SinkContext::new(
+                    spec.name.clone(),
+                    consumer.group(&spec.name),
+                    metrics.clone(),
+                    env.shutdown.clone(),
+                )
+                .with_instance(slots, slots);
                 if let Instance::Sink(first) = &mut instances[0] {
                     if matches!(first.stored_offsets(&[]).await, Ok(Some(_))) {
                         offset_store = Some(

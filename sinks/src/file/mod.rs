@@ -190,12 +190,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> SinkContext {
-        SinkContext {
-            name: "f".into(),
-            group_id: "g".into(),
-            metrics: Metrics::new(),
-            shutdown: Shutdown::never(),
-        }
+        SinkContext::new("f", "g", Metrics::new(), Shutdown::never())
     }
 
     struct FileProbe(PathBuf);
