@@ -82,6 +82,11 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::dlq::DlqAction,
     },
+    /// Produce JSON lines (stdin or --file) to a topic, with keys and headers; waits for every
+    /// acknowledgement.
+    Produce(crate::topic_io::ProduceArgs),
+    /// Print a topic's records as JSON lines (key, headers, value, coordinates).
+    Tail(crate::topic_io::TailArgs),
     /// Manage http_source API keys (stored as SHA-256 hashes in `api_keys`).
     Keys {
         /// PostgreSQL URL.
@@ -332,6 +337,8 @@ pub fn run_command(command: Command, registry: Registry) -> u8 {
                 EXIT_USAGE
             }
         },
+        Command::Produce(args) => block_on(crate::topic_io::produce(args)),
+        Command::Tail(args) => block_on(crate::topic_io::tail(args)),
         Command::Run { config } => {
             let cfg = match Config::load(&config, &registry) {
                 Ok(c) => c,

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod dlq;
 pub mod runtime;
+pub mod topic_io;
 
 use connector_core::Registry;
 

@@ -1,5 +1,8 @@
 //! The `connectd` binary's commands and exit codes.
 
+mod common;
+
+use common::{brokers, unique};
 use std::io::Write;
 use std::process::Command;
 
@@ -159,5 +162,96 @@ fn the_committed_schema_file_is_current() {
     assert!(
         committed == String::from_utf8_lossy(&out.stdout),
         "docs/connectors.schema.json is stale: run `cargo run -p connectd -- schema > docs/connectors.schema.json`"
+    );
+}
+
+fn connectd_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_connectd"))
+        .args(args)
+        .env("KAFKA_BROKERS", brokers())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(stdin.as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn produce_and_tail_move_json_lines_with_keys_and_headers_through_a_topic() {
+    let topic = unique("cli-produce");
+    // A bad line refuses the whole input: nothing produced.
+    let bad = connectd_stdin(
+        &["produce", &topic, "--envelope"],
+        "{\"value\":{\"n\":0}}\n{\"value\":1,\"oops\":2}\n",
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("line 2: unknown field \"oops\""),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let lines =
+        "{\"key\":\"u1\",\"headers\":{\"connectd.idempotency_key\":\"i-1\"},\"value\":{\"n\":1}}\n\
+                 \n\
+                 {\"key\":\"u2\",\"value\":{\"n\":2}}\n\
+                 {\"value\":\"plain text\"}\n";
+    let ok = connectd_stdin(
+        &[
+            "produce",
+            &topic,
+            "--envelope",
+            "--header",
+            "source=cli",
+            "--partitions",
+            "2",
+        ],
+        lines,
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stderr).contains("produced 3 records"));
+    let out = connectd_stdin(
+        &[
+            "tail",
+            &topic,
+            "--from-beginning",
+            "--max",
+            "3",
+            "--idle-exit",
+            "30s",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let by_value = |v: serde_json::Value| {
+        got.iter()
+            .find(|l| l["value"] == v)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let first = by_value(serde_json::json!({"n": 1}));
+    assert_eq!(first["key"], "u1");
+    assert_eq!(first["headers"]["connectd.idempotency_key"], "i-1");
+    assert_eq!(first["headers"]["source"], "cli");
+    assert_eq!(first["topic"], topic.as_str());
+    assert_eq!(
+        by_value(serde_json::json!("plain text"))["key"],
+        serde_json::Value::Null
     );
 }
