@@ -324,11 +324,11 @@ mod tests {
         assert_eq!(r.headers.get_str("source"), Some("cli"));
         assert!(
             record_from_line(r#"{"n":1}"#, &args(false, Some("/user_id")))
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("no key at /user_id")
         );
         assert!(record_from_line("{oops", &args(false, None))
-            .unwrap_err()
+            .expect_err("refused")
             .starts_with("not JSON"));
     }
 

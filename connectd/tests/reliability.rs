@@ -373,17 +373,14 @@ async fn verify(
     };
     let good: HashSet<&String> = accepted.iter().filter(|k| !poison.contains(*k)).collect();
     let pool = sqlx::PgPool::connect(&p.svc.db).await.expect("db");
+    let dead_sql = format!(
+        "SELECT count(*) FROM dead_letters WHERE original_topic = '{}.unique'",
+        p.prefix
+    );
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(240) {
         let rows = count(&pool, &format!("SELECT count(*) FROM {}", p.table)).await;
-        let dead = count(
-            &pool,
-            &format!(
-                "SELECT count(*) FROM dead_letters WHERE original_topic = '{}.unique'",
-                p.prefix
-            ),
-        )
-        .await;
+        let dead = count(&pool, &dead_sql).await;
         if rows >= good.len() as i64 && dead >= poison.len() as i64 {
             break;
         }
@@ -391,14 +388,7 @@ async fn verify(
     }
     let drained = start.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let dead = count(
-        &pool,
-        &format!(
-            "SELECT count(*) FROM dead_letters WHERE original_topic = '{}.unique'",
-            p.prefix
-        ),
-    )
-    .await;
+    let dead = count(&pool, &dead_sql).await;
     let rows = count(&pool, &format!("SELECT count(*) FROM {}", p.table)).await;
     let distinct = count(
         &pool,

@@ -62,23 +62,7 @@ enum Builder {
     Source(BuildSource),
 }
 
-/// Settings the runtime adds to every sink block; a sink's config must not declare them.
-pub const RESERVED_SINK_SETTINGS: &[&str] = &[
-    "name",
-    "type",
-    "enabled",
-    "input",
-    "group_id",
-    "dlq_topic",
-    "batch",
-    "max_in_flight",
-    "max_buffered_bytes",
-    "retry",
-    "dlq_breaker",
-    "start_from",
-];
-
-/// Settings the runtime adds to every transform block: a sink's, and `output`.
+/// Settings the runtime adds to every transform block: a sink's, and `output` (last).
 pub const RESERVED_TRANSFORM_SETTINGS: &[&str] = &[
     "name",
     "type",
@@ -94,6 +78,11 @@ pub const RESERVED_TRANSFORM_SETTINGS: &[&str] = &[
     "start_from",
     "output",
 ];
+
+/// Settings the runtime adds to every sink block; a sink's config must not declare them.
+pub const RESERVED_SINK_SETTINGS: &[&str] = RESERVED_TRANSFORM_SETTINGS
+    .split_at(RESERVED_TRANSFORM_SETTINGS.len() - 1)
+    .0;
 
 /// Settings the runtime adds to every source block.
 pub const RESERVED_SOURCE_SETTINGS: &[&str] = &["name", "type", "enabled", "output"];

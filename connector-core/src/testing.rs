@@ -792,18 +792,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_correct_sink_passes_every_check() {
+    fn mem_harness(broken: bool, exclusive: bool) -> SinkHarness<MemPlugin> {
         let name = run_tag();
-        let report = SinkHarness::<MemPlugin>::new(MemConfig {
+        SinkHarness::<MemPlugin>::new(MemConfig {
             store: name.clone(),
-            broken: false,
-            exclusive: false,
+            broken,
+            exclusive,
         })
         .probe(MemProbe(store(&name)))
-        .poison(vec![Record::new("not json").with_origin("t", 0, 1)])
-        .run()
-        .await;
+    }
+
+    #[tokio::test]
+    async fn a_correct_sink_passes_every_check() {
+        let report = mem_harness(false, false)
+            .poison(vec![Record::new("not json").with_origin("t", 0, 1)])
+            .run()
+            .await;
         report.assert_passed();
         assert_eq!(report.checks.len(), 9, "{report}");
         assert!(report.skipped().is_empty(), "{report}");
@@ -811,15 +815,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sink_that_acks_before_writing_fails_with_a_clear_message() {
-        let name = run_tag();
-        let report = SinkHarness::<MemPlugin>::new(MemConfig {
-            store: name.clone(),
-            broken: true,
-            exclusive: false,
-        })
-        .probe(MemProbe(store(&name)))
-        .run()
-        .await;
+        let report = mem_harness(true, false).run().await;
         assert!(!report.passed());
         let c = report.check("acks_after_durable_write").expect("check ran");
         assert!(!c.passed);
@@ -862,15 +858,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_check_without_its_input_is_reported_skipped_not_passed() {
-        let name = run_tag();
-        let report = SinkHarness::<MemPlugin>::new(MemConfig {
-            store: name.clone(),
-            broken: false,
-            exclusive: false,
-        })
-        .probe(MemProbe(store(&name)))
-        .run()
-        .await;
+        let report = mem_harness(false, false).run().await;
         assert!(report.passed(), "{report}");
         let skipped: Vec<&str> = report.skipped().iter().map(|c| c.name).collect();
         assert_eq!(skipped, vec!["error_classification"]);
@@ -885,15 +873,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sink_that_locks_its_store_fails_with_two_instances() {
-        let name = run_tag();
-        let report = SinkHarness::<MemPlugin>::new(MemConfig {
-            store: name.clone(),
-            broken: false,
-            exclusive: true,
-        })
-        .probe(MemProbe(store(&name)))
-        .run()
-        .await;
+        let report = mem_harness(false, true).run().await;
         let c = report.check("concurrent_instances").expect("ran");
         assert!(!c.passed, "{report}");
         assert!(c.detail.contains("SINGLE_INSTANCE"), "{}", c.detail);
@@ -901,16 +881,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_reopen_hook_runs_between_the_drop_and_the_fresh_instance() {
-        let name = run_tag();
-        let report = SinkHarness::<MemPlugin>::new(MemConfig {
-            store: name.clone(),
-            broken: false,
-            exclusive: false,
-        })
-        .probe(MemProbe(store(&name)))
-        .reopen(|| async { Err("the store did not come back".to_string()) })
-        .run()
-        .await;
+        let report = mem_harness(false, false)
+            .reopen(|| async { Err("the store did not come back".to_string()) })
+            .run()
+            .await;
         let c = report.check("survives_unclean_drop").expect("ran");
         assert!(!c.passed);
         assert!(
