@@ -155,6 +155,33 @@ connectors:
 YAML
   consume_bench "$OUT_DIR/dedup.yaml" "$S-dd" "$COUNT" "$S-dd" redis_dedup
 
+  # -- redis_sink: 1M envelopes, ZINCRBY + XADD per record through the cursor script
+  record redis_ops_ceiling "$("$KB" redis-ops-ceiling --records "$COUNT")"
+  "$KB" envelopes --topic "$S-rs" --count "$COUNT" >/dev/null
+  cat >"$OUT_DIR/redis_sink.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+connectors:
+  - name: activity
+    type: redis_sink
+    input: $S-rs
+    group_id: $S-rs
+    redis_url: \${REDIS_URL}
+    max_in_flight: 2
+    batch: { max_records: 2000, linger: 20ms }
+    operations:
+      - zincrby: { key: "rsb$S:lb:{/event_type}", member: /user_id }
+      - xadd: { key: "rsb$S:stream", fields: { user_id: /user_id, event_type: /event_type } }
+YAML
+  consume_bench "$OUT_DIR/redis_sink.yaml" "$S-rs" "$COUNT" "$S-rs" redis_sink
+  n=$(redis-cli -u "$REDIS_URL" --no-auth-warning XLEN "rsb$S:stream")
+  [ "$n" -eq "$COUNT" ] || echo "WARNING: redis_sink stream holds $n of $COUNT" >&2
+  # The seed's replay: a leaderboard from the last 10k stream entries.
+  ms=$(REDIS_URL=$REDIS_URL "$BIN" redis rebuild --from-stream "rsb$S:stream" --last 10000 --into "rsb$S:rebuilt" --member-field user_id | sed -E 's/.* in ([0-9.]+) ms$/\1/')
+  record redis_rebuild "{\"ms\": $ms, \"entries\": 10000}"
+  redis-cli -u "$REDIS_URL" --no-auth-warning --scan --pattern "rsb$S:*" | xargs -r redis-cli -u "$REDIS_URL" --no-auth-warning UNLINK >/dev/null
+  redis-cli -u "$REDIS_URL" --no-auth-warning --scan --pattern "connectd:cursor:activity:$S-rs:*" | xargs -r redis-cli -u "$REDIS_URL" --no-auth-warning UNLINK >/dev/null
+
   # -- http_source alone: 100-event requests
   cat >"$OUT_DIR/http.yaml" <<YAML
 kafka: { brokers: \${KAFKA_BROKERS} }

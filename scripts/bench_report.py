@@ -95,6 +95,7 @@ group join on Tansu) to the consumer group's commit of the last record, and in s
 | PostgreSQL `COPY` into a temporary staging table + `INSERT … SELECT … ON CONFLICT DO NOTHING`, 5000-row chunks, 2 connections | {fmt("pg_copy_staging_2")} |
 | PostgreSQL raw `COPY` (not idempotent), 5000-row chunks, 1 connection | {fmt("pg_copy_1")} |
 | Redis pipelined `SET NX EX` (2000 per pipeline) | {fmt("redis_ceiling")} |
+| Redis pipelined `ZINCRBY` + `XADD` per record (2000 records per pipeline, no cursor) | {fmt("redis_ops_ceiling")} |
 | broker produce, rdkafka (idempotent, `acks=all`, {size}-byte records) | {fmt("broker_produce")} |
 | broker consume, rdkafka, one consumer | {fmt("broker_consume")} |
 
@@ -104,11 +105,15 @@ group join on Tansu) to the consumer group's commit of the last record, and in s
 | --- | --- | --- | --- | --- | --- |
 | `postgres_sink`: 1M envelopes from a 6-partition topic → table (2 slots, 2 connections) | {fmt("postgres_sink")} rows/s | {fmt("postgres_sink", "steady_per_second")} rows/s | {pct(sink, best_idem)} of the best idempotent ceiling | {fmt("postgres_sink", "cpu_us_per_record", 2)} | {fmt("postgres_sink", "peak_rss_mb", 1)} |
 | `redis_dedup`: 1M records, 20% duplicates, topic → topic (6 slots) | {fmt("redis_dedup")} records/s | {fmt("redis_dedup", "steady_per_second")} records/s | {pct(dedup, redis_c)} of the Redis ceiling | {fmt("redis_dedup", "cpu_us_per_record", 2)} | {fmt("redis_dedup", "peak_rss_mb", 1)} |
+| `redis_sink`: 1M envelopes, `ZINCRBY` + `XADD` per record through the cursor script (2 slots) | {fmt("redis_sink")} records/s | {fmt("redis_sink", "steady_per_second")} records/s | {pct(med("redis_sink", "steady_per_second"), med("redis_ops_ceiling", "per_second"))} of pipelined `ZINCRBY` + `XADD` | {fmt("redis_sink", "cpu_us_per_record", 2)} | {fmt("redis_sink", "peak_rss_mb", 1)} |
 | `forward`: {size}-byte records topic → topic (2 slots) | {fmt("forward")} records/s | {fmt("forward", "steady_per_second")} records/s | {pct(med("forward", "steady_per_second"), med("broker_produce", "per_second"))} of broker produce | {fmt("forward", "cpu_us_per_record", 2)} | {fmt("forward", "peak_rss_mb", 1)} |
 | `http_source`: 100-event requests, 16 concurrent, 202 after broker ack | {fmt("http_source", "events_per_second")} events/s; p50 {fmt("http_source", "latency_ms_p50", 1)} ms, p99 {fmt("http_source", "latency_ms_p99", 1)} ms | at half that rate: p50 {fmt("http_half", "latency_ms_p50", 1)} ms, p99 {fmt("http_half", "latency_ms_p99", 1)} ms | {pct(http, med("broker_produce", "per_second"))} of broker produce | {http_us("http_source")} | {fmt("http_source", "peak_rss_mb", 1)} |
 | `http_source`: the same requests gzip-compressed (`Content-Encoding: gzip`) | {fmt("http_gzip", "events_per_second")} events/s; p50 {fmt("http_gzip", "latency_ms_p50", 1)} ms, p99 {fmt("http_gzip", "latency_ms_p99", 1)} ms | — | {pct(med("http_gzip", "events_per_second"), http)} of uncompressed | {http_us("http_gzip")} | {fmt("http_gzip", "peak_rss_mb", 1)} |
 
 The `postgres_sink` row is also the peak RSS of connectd working through a 1M-event backlog.
+
+`connectd redis rebuild --last 10000` (a leaderboard from the last 10,000 entries of the
+`redis_sink` stream, seed 002's replay; its target 200 ms): {fmt("redis_rebuild", "ms", 1)} ms.
 
 ### Where the CPU goes (µs of CPU per record, whole run, medians)
 

@@ -54,6 +54,9 @@ for i in $(seq 1 150); do
   sleep 0.2
 done
 
+redis_q() { redis-cli -u "$REDIS_URL" --no-auth-warning "$@"; }
+REDIS_TOTAL_BEFORE=$(redis_q GET events:total)
+REDIS_TOTAL_BEFORE=${REDIS_TOTAL_BEFORE:-0}
 RUN="demo-$(date +%s)"
 echo "== sending $COUNT events (+20% duplicates and client retries, 1% invalid, 0.5% poison) as run $RUN" >&2
 rm -f .dev/loadgen-report.json
@@ -73,7 +76,8 @@ DRAIN_START=$SECONDS
 while :; do
   ROWS=$(psql_q "SELECT count(*) FROM growth_events WHERE source = '$RUN'")
   DEAD=$(psql_q "SELECT count(*) FROM dead_letters WHERE payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%'")
-  [ $((ROWS + DEAD)) -ge "$ACCEPTED" ] && break
+  COUNTED=$(( $(redis_q GET events:total) - REDIS_TOTAL_BEFORE ))
+  [ $((ROWS + DEAD)) -ge "$ACCEPTED" ] && [ "$COUNTED" -ge "$ACCEPTED" ] && break
   [ $((SECONDS - DRAIN_START)) -ge "$DRAIN_SECONDS" ] && break
   sleep 0.5
 done
@@ -81,6 +85,7 @@ done
 sleep 1
 ROWS=$(psql_q "SELECT count(*) FROM growth_events WHERE source = '$RUN'")
 DEAD=$(psql_q "SELECT count(*) FROM dead_letters WHERE payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%'")
+COUNTED=$(( $(redis_q GET events:total) - REDIS_TOTAL_BEFORE ))
 DUPS=$(curl -s "http://$CONNECTD_ADMIN/connectors/dedup" | python3 -c 'import json,sys;print(json.load(sys.stdin)["details"].get("duplicates_dropped",0))')
 SENT=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["events_sent"])')
 INVALID=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["invalid_events_sent"])')
@@ -88,6 +93,8 @@ REPLAYS=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json
 ok() { [ "$1" -eq "$2" ] && echo OK || echo MISMATCH; }
 CHECK_ROWS=$(ok $((ROWS + DEAD)) "$ACCEPTED")
 CHECK_DEAD=$(ok "$DEAD" "$POISON")
+CHECK_REDIS=$(ok "$COUNTED" "$ACCEPTED")
+TODAY=$(date -u +%F)
 
 cat <<SUMMARY
 
@@ -101,6 +108,11 @@ rows stored in growth_events                    : $ROWS
 dead letters in dead_letters (poison)           : $DEAD   (poison accepted: $POISON)
 check: rows + dead letters == accepted          : $((ROWS + DEAD)) == $ACCEPTED  $CHECK_ROWS
 check: dead letters == poison accepted          : $DEAD == $POISON  $CHECK_DEAD
+events counted in Redis by redis_sink (activity): $COUNTED
+check: events counted in Redis == accepted      : $COUNTED == $ACCEPTED  $CHECK_REDIS
+
+top purchasers today in Redis (ZREVRANGE leaderboard:purchase:$TODAY, all runs):
+$(redis_q ZREVRANGE "leaderboard:purchase:$TODAY" 0 4 WITHSCORES | paste - - | awk '{printf "  %s  %s\n", $2, $1}')
 
 daily active users (this run):
 $(psql "$DATABASE_URL" -c "SELECT date_trunc('day', event_ts)::date AS day, count(DISTINCT user_id) AS active_users FROM growth_events WHERE source = '$RUN' GROUP BY 1 ORDER BY 1")
@@ -111,4 +123,5 @@ connectd keeps running (pid $(cat .dev/connectd.pid)):
   stop    kill \$(cat .dev/connectd.pid)
 SUMMARY
 [ "$CHECK_ROWS" = OK ] || die "rows + dead letters ($((ROWS + DEAD))) != distinct events accepted ($ACCEPTED) after ${DRAIN_SECONDS}s; connectd log: .dev/connectd.log"
+[ "$CHECK_REDIS" = OK ] || die "events counted by redis_sink ($COUNTED) != distinct events accepted ($ACCEPTED); connectd log: .dev/connectd.log"
 [ "$CHECK_DEAD" = OK ] || die "dead letters ($DEAD) != poison events accepted ($POISON); connectd log: .dev/connectd.log"

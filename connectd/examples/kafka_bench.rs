@@ -7,6 +7,7 @@
 //! kafka_bench envelopes --topic T --count N [--dup-ratio 0.2]                # growth-event envelopes
 //! kafka_bench pg-ceiling --rows N --conns C --method copy|unnest             # Postgres from memory
 //! kafka_bench redis-ceiling --keys N                                        # pipelined SET NX EX
+//! kafka_bench redis-ops-ceiling --records N                                 # pipelined ZINCRBY + XADD
 //! ```
 //! Each prints one JSON line: `{"what":…, "records":…, "seconds":…, "per_second":…}`.
 
@@ -74,6 +75,16 @@ enum Cmd {
         redis_url: String,
         #[arg(long)]
         keys: u64,
+        #[arg(long, default_value_t = 2000)]
+        pipeline: usize,
+    },
+    /// Pipelined ZINCRBY + XADD per record, the operations of the redis_sink benchmark,
+    /// without the cursor or Lua: its ceiling.
+    RedisOpsCeiling {
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: String,
+        #[arg(long)]
+        records: u64,
         #[arg(long, default_value_t = 2000)]
         pipeline: usize,
     },
@@ -268,6 +279,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 let () = pipe.query_async(&mut conn).await?;
             }
+        }
+        Cmd::RedisOpsCeiling {
+            redis_url,
+            records,
+            pipeline,
+        } => {
+            let client = redis::Client::open(redis_url.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let tag = format!("bench-ops:{}", std::process::id());
+            let start = Instant::now();
+            let mut i = 0u64;
+            while i < records {
+                let mut pipe = redis::pipe();
+                for _ in 0..pipeline.min((records - i) as usize) {
+                    let user = format!("00000000-0000-4000-8000-{:012x}", i % 1000);
+                    let kind = if i % 3 == 0 { "signup" } else { "page_view" };
+                    pipe.cmd("ZINCRBY")
+                        .arg(format!("{tag}:lb:{kind}"))
+                        .arg(1)
+                        .arg(&user)
+                        .ignore();
+                    pipe.cmd("XADD")
+                        .arg(format!("{tag}:stream"))
+                        .arg("*")
+                        .arg("user_id")
+                        .arg(&user)
+                        .arg("event_type")
+                        .arg(kind)
+                        .ignore();
+                    i += 1;
+                }
+                let () = pipe.query_async(&mut conn).await?;
+            }
+            report("redis_zincrby_xadd", records, start.elapsed().as_secs_f64());
+            let () = redis::cmd("UNLINK")
+                .arg(format!("{tag}:lb:signup"))
+                .arg(format!("{tag}:lb:page_view"))
+                .arg(format!("{tag}:stream"))
+                .query_async(&mut conn)
+                .await?;
         }
         Cmd::WaitGroup {
             group,

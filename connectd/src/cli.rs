@@ -82,6 +82,12 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::dlq::DlqAction,
     },
+    /// Redis helpers for redis_sink users (rebuild a leaderboard from a stream).
+    Redis {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::redis_cmd::RedisAction,
+    },
     /// Produce JSON lines (stdin or --file) to a topic, with keys and headers; waits for every
     /// acknowledgement.
     Produce(crate::topic_io::ProduceArgs),
@@ -337,6 +343,7 @@ pub fn run_command(command: Command, registry: Registry) -> u8 {
                 EXIT_USAGE
             }
         },
+        Command::Redis { action } => block_on(crate::redis_cmd::run(action)),
         Command::Produce(args) => block_on(crate::topic_io::produce(args)),
         Command::Tail(args) => block_on(crate::topic_io::tail(args)),
         Command::Run { config } => {

@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod redis_cmd;
 pub mod runtime;
 pub mod topic_io;
 

@@ -1,5 +1,5 @@
 #![warn(missing_docs)]
-//! Shared by the built-in connectors that use Redis (`http_source`, `redis_dedup`).
+//! Shared by the built-in connectors that use Redis (`http_source`, `redis_dedup`, `redis_sink`).
 //!
 //! A lazily (re)connected Redis handle with short timeouts, so that a Redis outage costs a
 //! request milliseconds, not seconds.

@@ -4,11 +4,14 @@
 //!   redelivery.
 //! * [`dlq`] — `dlq_sink`: dead letters into the `dead_letters` table.
 //! * [`postgres`] — `postgres_sink`: idempotent set-based writes with poison isolation.
+//! * [`redis`] — `redis_sink`: counters, leaderboards, hashes and streams in Redis, exactly
+//!   once through a per-partition cursor.
 #![warn(missing_docs)]
 
 pub mod dlq;
 pub mod file;
 pub mod postgres;
+pub mod redis;
 
 use connector_core::Registry;
 
@@ -18,4 +21,5 @@ pub fn register_all(registry: &mut Registry) -> &mut Registry {
         .register_sink::<file::FileSinkPlugin>()
         .register_sink::<postgres::PostgresSinkPlugin>()
         .register_sink::<dlq::DlqSinkPlugin>()
+        .register_sink::<redis::RedisSinkPlugin>()
 }

@@ -455,6 +455,30 @@ impl Private {
         Private { child, addr }
     }
 
+    /// A redis-server on `port` persisting every write to an append-only file in `dir`
+    /// (`appendfsync always`), so that a SIGKILL loses nothing it acknowledged; start it again
+    /// on the same port and dir to recover.
+    pub fn redis_aof(port: u16, dir: &Path) -> Self {
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        wait_port(&addr);
+        Private { child, addr }
+    }
+
     /// The port this server listens on.
     pub fn port(&self) -> u16 {
         self.addr
