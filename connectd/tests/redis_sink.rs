@@ -177,6 +177,10 @@ async fn kill_9_five_times_mid_stream_counts_every_record_exactly_once() {
             .is_some_and(|m| !m.is_empty()),
         "{s}"
     );
+    // max_in_flight: 2 → two instances, each with its own status.
+    let instances = s["instances"].as_array().cloned().unwrap_or_default();
+    assert_eq!(instances.len(), 2, "{s}");
+    assert!(instances.iter().all(|i| i["cursors"].is_object()), "{s}");
 }
 
 fn cfg_name(cfg: &std::path::Path) -> String {
