@@ -10,21 +10,25 @@
 --   origins      '<topic>/<partition>/<offset>' of each copy, the first 64 (past 64 copies a
 --                redelivered one may be counted again)
 --
--- The replay generation (`replay_count` at failure time, from the `connectd.replay.count`
--- header) stays part of the identity: a replayed record that fails again is a new fact, and the
--- replay loop guard counts those rows.
+--   generation   the record's `connectd.replay.count` when it failed (0: never replayed). Part
+--                of the identity: a replayed record that fails again is a new fact, a row of
+--                its own, which the replay loop guard counts. (`replay_count` is not: `connectd
+--                dlq replay` bumps it on the row it replays.)
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS idempotency_key TEXT;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS generation INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS identity TEXT;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS copies INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS origins TEXT[];
 
 -- Existing rows: keyed by idempotency key where that is unique, by origin otherwise (no row is
 -- deleted or merged by a migration).
+UPDATE dead_letters SET generation = (headers->>'connectd.replay.count')::int
+ WHERE headers->>'connectd.replay.count' ~ '^[0-9]{1,9}$';
 UPDATE dead_letters SET idempotency_key = payload_json->>'idempotency_key'
  WHERE idempotency_key IS NULL AND jsonb_typeof(payload_json->'idempotency_key') = 'string'
    AND payload_json->>'idempotency_key' <> '';
 WITH ranked AS (
-    SELECT id, row_number() OVER (PARTITION BY connector, error_class, idempotency_key, replay_count ORDER BY id) AS n
+    SELECT id, row_number() OVER (PARTITION BY connector, error_class, idempotency_key, generation ORDER BY id) AS n
       FROM dead_letters WHERE idempotency_key IS NOT NULL AND identity IS NULL
 )
 UPDATE dead_letters d SET identity = 'key:' || d.idempotency_key
@@ -49,6 +53,6 @@ BEGIN
     END LOOP;
 END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_identity
-    ON dead_letters (connector, error_class, identity, replay_count);
+    ON dead_letters (connector, error_class, identity, generation);
 CREATE INDEX IF NOT EXISTS dead_letters_origin
     ON dead_letters (original_topic, original_partition, original_offset);

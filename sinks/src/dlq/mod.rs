@@ -5,7 +5,8 @@
 //! `origins` lists where they came from (the first 64; `last_seen` says when the latest came). A record without an
 //! idempotency key (see [`Record::idempotency_key`]) is identified by its origin coordinates
 //! instead, as before. A replayed record that fails again carries a higher
-//! `connectd.replay.count` and is a row of its own (the replay loop guard counts those).
+//! `connectd.replay.count` (its `generation`) and is a row of its own (the replay loop guard
+//! counts those).
 //! Replay with `connectd dlq replay`.
 //!
 //! Each row keeps the payload (bytes, plus `payload_json` when it is valid JSON), the key, every
@@ -54,12 +55,12 @@ const MAX_ORIGINS: usize = 64;
 
 const INSERT: &str = "INSERT INTO dead_letters (dlq_topic, original_topic, original_partition, original_offset, connector, \
     error_class, error_message, attempts, record_key, payload, payload_json, headers, failed_at, replay_count, \
-    idempotency_key, identity, copies, origins) \
-    SELECT d, t, p, o, c, cl, m, a, k, pl, pj, h, f, r, ik, i, cardinality(string_to_array(og, ' ')), string_to_array(og, ' ') \
+    generation, idempotency_key, identity, copies, origins) \
+    SELECT d, t, p, o, c, cl, m, a, k, pl, pj, h, f, r, r, ik, i, cardinality(string_to_array(og, ' ')), string_to_array(og, ' ') \
     FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::int[], \
     $9::bytea[], $10::bytea[], $11::jsonb[], $12::jsonb[], $13::timestamptz[], $14::int[], $15::text[], $16::text[], \
     $17::text[]) AS u(d, t, p, o, c, cl, m, a, k, pl, pj, h, f, r, ik, i, og) \
-    ON CONFLICT (connector, error_class, identity, replay_count) DO UPDATE SET \
+    ON CONFLICT (connector, error_class, identity, generation) DO UPDATE SET \
     last_seen = now(), error_message = EXCLUDED.error_message, attempts = EXCLUDED.attempts, \
     copies = dead_letters.copies + (SELECT count(*) FROM unnest(EXCLUDED.origins) AS n(o) \
         WHERE NOT (n.o = ANY(dead_letters.origins)))::int, \
