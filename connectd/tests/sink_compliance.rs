@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use connectd_sinks::dlq::{DlqSinkConfig, DlqSinkPlugin};
 use connectd_sinks::postgres::{PostgresSinkConfig, PostgresSinkPlugin};
+use connectd_sinks::redis::{RedisSinkConfig, RedisSinkPlugin};
 use connector_core::testing::{Probe, SinkHarness};
 use connector_core::{async_trait, Record, RecordOutcome, SinkContext, SinkPlugin};
 
@@ -187,4 +188,70 @@ async fn a_poison_event_dead_lettered_at_several_offsets_is_one_row_counting_its
     .expect("count");
     assert_eq!(n, 2);
     sink.close().await.expect("close");
+}
+
+/// Counts each record's idempotency key among the entries of a stream.
+struct StreamProbe {
+    url: String,
+    stream: String,
+}
+
+#[async_trait]
+impl Probe for StreamProbe {
+    async fn stored(&self, records: &[Record]) -> Result<Vec<usize>, String> {
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        for (_, fields) in entries {
+            if let Some(k) = fields.get(1) {
+                *counts.entry(k.clone()).or_default() += 1;
+            }
+        }
+        Ok(records
+            .iter()
+            .map(|r| {
+                r.idempotency_key()
+                    .and_then(|k| counts.get(k.as_ref()).copied())
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sink_passes_the_harness() {
+    let prefix = unique("rs-harness");
+    let stream = format!("{prefix}:stream");
+    let config: RedisSinkConfig = serde_json::from_value(serde_json::json!({
+        "redis_url": redis_url(),
+        "cursor_prefix": format!("{prefix}:cursor"),
+        "operations": [
+            {"zincrby": {"key": format!("{prefix}:lb:{{/event_type}}"), "member": "/user_id"}},
+            {"xadd": {"key": stream, "fields": {"k": "/idempotency_key"}}}
+        ]
+    }))
+    .expect("config");
+    let poison = vec![
+        Record::new("not json").with_origin("t", 0, 10_000),
+        Record::new(r#"{"idempotency_key":"p","event_type":"x"}"#).with_origin("t", 0, 10_001),
+    ];
+    SinkHarness::<RedisSinkPlugin>::new(config)
+        .probe(StreamProbe {
+            url: redis_url(),
+            stream,
+        })
+        .poison(poison)
+        .run()
+        .await
+        .assert_passed();
 }

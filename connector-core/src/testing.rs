@@ -334,8 +334,16 @@ impl<P: SinkPlugin> SinkHarness<P> {
         let own_a: Vec<Record> = (base..base + self.batch)
             .map(|i| (self.records)(tag, i))
             .collect();
+        // Instance b's records sit on the next partition: the runtime never gives one
+        // partition to two instances of a process.
         let own_b: Vec<Record> = (base + self.batch..base + 2 * self.batch)
-            .map(|i| (self.records)(tag, i))
+            .map(|i| {
+                let mut r = (self.records)(tag, i);
+                if let Some(o) = r.origin.as_mut() {
+                    o.partition += 1;
+                }
+                r
+            })
             .collect();
         let (a, b) = tokio::join!(
             P::build(self.config.clone(), Self::ctx().with_instance(0, 2)),
