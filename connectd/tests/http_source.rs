@@ -863,3 +863,80 @@ async fn compressed_bodies_are_decoded_and_bombs_bad_streams_and_unknown_codings
     let got = read_all(&s.topic, 100, Duration::from_secs(20)).await;
     assert!(got.len() >= 100);
 }
+
+/// Sends requests to each address as fast as one client per address can for `secs`; returns
+/// (202s, 429s, a 429 answer).
+async fn hammer(addrs: &[String], key: &str, secs: u64) -> (usize, usize, Option<Resp>) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for addr in addrs {
+        for _ in 0..2 {
+            let (addr, key) = (addr.clone(), key.to_string());
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut limited, mut sample) = (0, 0, None);
+                while Instant::now() < until {
+                    let r = post(&addr, &key, &event(0), &[]).await;
+                    match r.status {
+                        202 => ok += 1,
+                        429 => {
+                            limited += 1;
+                            sample.get_or_insert(r);
+                        }
+                        other => panic!("unexpected {other}: {}", r.body),
+                    }
+                }
+                (ok, limited, sample)
+            }));
+        }
+    }
+    let (mut ok, mut limited, mut sample) = (0, 0, None);
+    for t in tasks {
+        let (o, l, s) = t.await.expect("task");
+        ok += o;
+        limited += l;
+        if sample.is_none() {
+            sample = s;
+        }
+    }
+    (ok, limited, sample)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_cluster_wide_rate_limit_and_fall_back_per_instance_without_redis() {
+    let mut redis = Private::redis();
+    let url = format!("redis://{}", redis.addr);
+    let extra = "    rate_limit_scope: cluster\n";
+    let a = start(&url, None, extra).await;
+    let b = start(&url, None, extra).await;
+    let name = unique("shared");
+    let key = connectd_keys(&["create", &name, "--rate-limit", "20"]);
+    let addrs = [a.addr.clone(), b.addr.clone()];
+    // 3 s at 20/s with a burst of 20: at most 80 for both instances together (per-instance
+    // buckets would let ~160 through). 10% tolerance for requests straddling the edges.
+    let (ok, limited, sample) = hammer(&addrs, &key, 3).await;
+    eprintln!("cluster scope: {ok} accepted, {limited} limited");
+    assert!(ok <= 88, "{ok} accepted over 3 s at 20/s shared (burst 20)");
+    assert!(ok >= 60, "{ok} accepted: the limit refuses too much");
+    let r = sample.expect("some requests were limited");
+    assert_eq!(r.header("ratelimit-limit").as_deref(), Some("20"));
+    assert_eq!(r.header("ratelimit-remaining").as_deref(), Some("0"));
+    assert!(r
+        .header("retry-after")
+        .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)));
+    assert!(r.header("ratelimit-reset").is_some());
+
+    // Redis gone: each instance limits on its own — still answered, never a 5xx.
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, limited, _) = hammer(&addrs, &key, 2).await;
+    eprintln!("fallback: {ok} accepted, {limited} limited");
+    assert!(ok >= 40 && limited > 0, "{ok} accepted, {limited} limited");
+    let (_, metrics) = a._c.get("/metrics").await;
+    let fallbacks: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("connectd_http_rate_limit_fallback_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(fallbacks > 0.0, "{metrics}");
+}

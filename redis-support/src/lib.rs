@@ -12,12 +12,20 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub use redis;
 
 /// Shared Redis connection that connects on first use and retries at most once a second.
+///
+/// After a command found Redis unreachable (connection error or timeout), [`get`](Self::get)
+/// answers `None` at once for [`PAUSE_AFTER_FAILURE`] before Redis is tried again: during an
+/// outage callers fall back immediately instead of each waiting for the timeout.
 pub struct RedisConn {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
     last_attempt: Mutex<Option<Instant>>,
+    down_until: Mutex<Option<Instant>>,
     timeout: Duration,
 }
+
+/// How long Redis is considered down after a command could not reach it.
+pub const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 impl RedisConn {
     /// A handle for `url` (nothing is connected yet).
@@ -26,12 +34,34 @@ impl RedisConn {
             client: redis::Client::open(url)?,
             conn: tokio::sync::Mutex::new(None),
             last_attempt: Mutex::new(None),
+            down_until: Mutex::new(None),
             timeout,
         })
     }
 
+    /// Records that a command could not reach Redis: [`get`](Self::get) answers `None` for
+    /// [`PAUSE_AFTER_FAILURE`].
+    pub fn mark_unavailable(&self) {
+        let mut d = match self.down_until.lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        *d = Some(Instant::now() + PAUSE_AFTER_FAILURE);
+    }
+
+    fn paused(&self) -> bool {
+        let d = match self.down_until.lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        d.is_some_and(|t| Instant::now() < t)
+    }
+
     /// A connection, or `None` while Redis is unreachable.
     pub async fn get(&self) -> Option<ConnectionManager> {
+        if self.paused() {
+            return None;
+        }
         let mut g = self.conn.lock().await;
         if let Some(c) = g.as_ref() {
             return Some(c.clone());
@@ -78,10 +108,16 @@ impl RedisConn {
         match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
+                if unreachable(&e) {
+                    self.mark_unavailable();
+                }
                 tracing::debug!(error = %e, "redis command failed");
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                self.mark_unavailable();
+                None
+            }
         }
     }
 }
@@ -104,7 +140,17 @@ impl RedisConn {
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisCallError> {
         let mut c = self.get().await.ok_or(RedisCallError::Unavailable)?;
-        answer(tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut c)).await)
+        self.noted(answer(
+            tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut c)).await,
+        ))
+    }
+
+    /// Passes `r` on, pausing Redis use when it says Redis was unreachable.
+    fn noted<T>(&self, r: Result<T, RedisCallError>) -> Result<T, RedisCallError> {
+        if matches!(r, Err(RedisCallError::Unavailable)) {
+            self.mark_unavailable();
+        }
+        r
     }
 
     /// Runs one command with the timeout, telling errors apart.
@@ -113,8 +159,14 @@ impl RedisConn {
         cmd: &redis::Cmd,
     ) -> Result<T, RedisCallError> {
         let mut c = self.get().await.ok_or(RedisCallError::Unavailable)?;
-        answer(tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await)
+        self.noted(answer(
+            tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await,
+        ))
     }
+}
+
+fn unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
 }
 
 /// Maps a call's result: connection trouble and timeouts mean "unavailable".
@@ -123,14 +175,7 @@ fn answer<T>(
 ) -> Result<T, RedisCallError> {
     match r {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e))
-            if e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_timeout()
-                || e.is_connection_refusal() =>
-        {
-            Err(RedisCallError::Unavailable)
-        }
+        Ok(Err(e)) if unreachable(&e) => Err(RedisCallError::Unavailable),
         Ok(Err(e)) => Err(RedisCallError::Redis(e)),
         Err(_) => Err(RedisCallError::Unavailable),
     }

@@ -1,8 +1,7 @@
 //! API-key authentication: SHA-256 hashes in `api_keys`, read through a Redis cache, with an
-//! in-process LRU when Redis is down, plus static keys from the configuration.
+//! in-process cache (moka: bounded, TTL) when Redis is down, plus static keys from the
+//! configuration.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use connector_core::metrics::Counter;
@@ -62,13 +61,19 @@ pub struct Authenticator {
     pool: Option<PgPool>,
     redis: Option<std::sync::Arc<RedisConn>>,
     ttl: Duration,
-    lru: Mutex<HashMap<String, (Option<KeyInfo>, Instant)>>,
-    lru_capacity: usize,
+    /// In-process fallback while Redis is down: key hash → (lookup, when). Bounded, with O(1)
+    /// eviction (moka's TinyLFU) — a stream of random invalid keys cannot make every request
+    /// pay a scan. Entries live up to [`STALE_LIMIT`]; [`lru_get`](Self::lru_get) only serves
+    /// fresh ones, the database-down path may use a stale one.
+    lru: moka::sync::Cache<String, (Option<KeyInfo>, Instant)>,
     allow_anonymous: bool,
     metrics: AuthMetrics,
 }
 
 const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
+/// How long a cached lookup may still be used, stale, while the database is down.
+const STALE_LIMIT: Duration = Duration::from_secs(3600);
 
 impl Authenticator {
     /// A new authenticator.
@@ -98,43 +103,28 @@ impl Authenticator {
             pool,
             redis,
             ttl,
-            lru: Mutex::new(HashMap::new()),
-            lru_capacity: lru_capacity.max(1),
+            lru: moka::sync::Cache::builder()
+                .max_capacity(lru_capacity.max(1) as u64)
+                .time_to_live(STALE_LIMIT.max(ttl))
+                .build(),
             allow_anonymous,
             metrics,
         }
     }
 
     fn lru_get(&self, hash: &str) -> Option<Option<KeyInfo>> {
-        let g = match self.lru.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        g.get(hash).and_then(|(info, at)| {
+        self.lru.get(hash).and_then(|(info, at)| {
             let ttl = if info.is_some() {
                 self.ttl
             } else {
                 NEGATIVE_TTL.min(self.ttl)
             };
-            (at.elapsed() < ttl).then(|| info.clone())
+            (at.elapsed() < ttl).then_some(info)
         })
     }
 
     fn lru_put(&self, hash: &str, info: Option<KeyInfo>) {
-        let mut g = match self.lru.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if g.len() >= self.lru_capacity && !g.contains_key(hash) {
-            if let Some(oldest) = g
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| k.clone())
-            {
-                g.remove(&oldest);
-            }
-        }
-        g.insert(hash.to_string(), (info, Instant::now()));
+        self.lru.insert(hash.to_string(), (info, Instant::now()));
     }
 
     /// Authenticates the presented key (`None` when the request carried none).
@@ -214,12 +204,8 @@ impl Authenticator {
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "api key lookup failed");
-                // Database down: an expired LRU entry is better than refusing everybody.
-                let g = match self.lru.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-                return g.get(hash).map(|(i, _)| i.clone());
+                // Database down: a stale cached lookup is better than refusing everybody.
+                return self.lru.get(hash).map(|(i, _)| i);
             }
         };
         let ttl = if info.is_some() {
@@ -307,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn lru_evicts_the_oldest_and_expires() {
+    fn the_key_cache_stays_bounded_under_a_stream_of_unknown_keys() {
         let a = auth(vec![], false);
         let info = |n: &str| {
             Some(KeyInfo {
@@ -316,11 +302,43 @@ mod tests {
                 rate_limit: None,
             })
         };
-        a.lru_put("a", info("a"));
-        a.lru_put("b", info("b"));
-        a.lru_put("c", info("c"));
-        assert_eq!(a.lru_get("a"), None, "evicted");
-        assert_eq!(a.lru_get("c"), Some(info("c")));
+        a.lru_put("good", info("good"));
+        assert_eq!(a.lru_get("good"), Some(info("good")));
+        // Random invalid keys, negatively cached: far more than the capacity.
+        for i in 0..20_000 {
+            a.lru_put(&format!("bad-{i}"), None);
+        }
+        a.lru.run_pending_tasks();
+        assert!(a.lru.entry_count() <= 2, "{}", a.lru.entry_count());
+    }
+
+    #[test]
+    fn cached_lookups_expire_after_their_ttl_negative_ones_sooner() {
+        let a = Authenticator::new(
+            vec![],
+            None,
+            None,
+            Duration::from_millis(50),
+            100,
+            false,
+            AuthMetrics {
+                cache_hits: Counter::default(),
+                cache_misses: Counter::default(),
+            },
+        );
+        let known = Some(KeyInfo {
+            name: "k".into(),
+            disabled: false,
+            rate_limit: None,
+        });
+        a.lru_put("k", known.clone());
+        a.lru_put("x", None);
+        assert_eq!(a.lru_get("k"), Some(known));
+        assert_eq!(a.lru_get("x"), Some(None));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(a.lru_get("k"), None, "expired");
+        // Still there for the database-down path.
+        assert!(a.lru.get("k").is_some());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! | 409 | a request with the same `Idempotency-Key` is still in flight |
 //! | 413 | body over `max_body_bytes` (compressed, or once decoded), more than `max_events` events, or an event whose envelope is over `max_event_bytes` (or that the broker refused as too large) |
 //! | 415 | content type other than JSON / NDJSON, or a `Content-Encoding` other than `gzip`, `deflate`, `zstd`, `identity` (the answer lists them in `Accept-Encoding`) |
-//! | 429 | the key's rate limit (with `Retry-After`) |
+//! | 429 | the key's rate limit (with `Retry-After` and `RateLimit-Limit` / `-Remaining` / `-Reset`); per instance, or shared by every instance through Redis with `rate_limit_scope: cluster` |
 //! | 500 | the broker rejected the events for a reason no retry can fix (unknown topic, not authorized) |
 //! | 503 | broker unavailable, no acknowledgement within `ack_timeout`, key store unreachable, or shutting down (with `Retry-After`) |
 //!
@@ -50,6 +50,18 @@ pub enum InvalidEvents {
     RejectRequest,
     /// Produce the valid events; 202 lists the rejected ones.
     AcceptValid,
+}
+
+/// Where per-key rate limits are kept.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitScope {
+    /// In this process (default): N instances let a key through N times its limit.
+    #[default]
+    Instance,
+    /// In Redis (`redis_url`), shared by every instance: one atomic GCRA step per request.
+    /// While Redis does not answer, each instance limits on its own (counted, logged once).
+    Cluster,
 }
 
 /// A key given in the configuration (use `${VAR}` for the key itself).
@@ -99,6 +111,9 @@ pub struct HttpSourceConfig {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub default_rate_limit: Option<u32>,
+    /// Where rate limits are kept: `instance` (default) or `cluster` (Redis, needs `redis_url`).
+    #[serde(default)]
+    pub rate_limit_scope: RateLimitScope,
     /// Largest body accepted (bytes).
     #[serde(default = "default_max_body")]
     #[schemars(range(min = 1))]
@@ -231,6 +246,12 @@ impl SourcePlugin for HttpSourcePlugin {
                     "must be at least 16 characters",
                 ));
             }
+        }
+        if c.rate_limit_scope == RateLimitScope::Cluster && c.redis_url.is_none() {
+            issues.push(ConfigIssue::new(
+                "rate_limit_scope",
+                "cluster keeps the limits in Redis: set redis_url",
+            ));
         }
         if c.ack_timeout.as_std().is_zero() {
             issues.push(ConfigIssue::new("ack_timeout", "must be more than 0"));

@@ -20,8 +20,8 @@ use super::auth::{AuthMetrics, AuthResult, Authenticator};
 use super::edge::{Claim, Edge, Stored};
 use super::encoding::{self, Coding, DecodeError};
 use super::event::{envelope, parse_body, partition_key, FieldError, RequestFacts};
-use super::ratelimit::RateLimiter;
-use super::{HttpSourceConfig, InvalidEvents};
+use super::ratelimit::{Decision, RateLimiter, Scope};
+use super::{HttpSourceConfig, InvalidEvents, RateLimitScope};
 use connectd_redis::RedisConn;
 
 struct HttpMetrics {
@@ -131,6 +131,17 @@ impl State {
                 ),
             },
         );
+        let limiter = RateLimiter::new(match (config.rate_limit_scope, &redis) {
+            (RateLimitScope::Cluster, Some(r)) => Scope::Cluster {
+                redis: r.clone(),
+                prefix: format!("connectd:ratelimit:{}", ctx.name),
+                fallbacks: m.counter(
+                    "connectd_http_rate_limit_fallback_total",
+                    "Rate-limit decisions taken per instance because Redis did not answer",
+                ),
+            },
+            _ => Scope::Instance,
+        });
         let edge = redis.map(|r| {
             Edge::new(
                 r,
@@ -169,7 +180,7 @@ impl State {
             output: ctx.output_topic.clone(),
             auth,
             edge,
-            limiter: RateLimiter::default(),
+            limiter,
             schema,
             shutdown: ctx.shutdown.clone(),
             config,
@@ -208,6 +219,26 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 fn retry_after(mut r: Response, secs: u64) -> Response {
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
+}
+
+/// 429 with `Retry-After` and the `RateLimit-*` headers.
+fn rate_limited(d: &Decision) -> Response {
+    let mut r = retry_after(
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("more than {} requests per second for this key", d.limit),
+        ),
+        d.retry_after.as_secs_f64().ceil() as u64,
+    );
+    let h = r.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert(
+        "ratelimit-reset",
+        HeaderValue::from(d.reset.as_secs_f64().ceil().max(1.0) as u64),
+    );
     r
 }
 
@@ -365,15 +396,9 @@ async fn handle_events(s: &State, req: Request) -> Response {
         }
     };
     if let Some(rate) = key_info.rate_limit.or(s.config.default_rate_limit) {
-        if let Err(wait) = s.limiter.check(&key_info.name, rate) {
-            return retry_after(
-                error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!("more than {rate} requests per second for this key"),
-                ),
-                wait.as_secs_f64().ceil() as u64,
-            );
+        let d = s.limiter.check(&key_info.name, rate).await;
+        if !d.allowed {
+            return rate_limited(&d);
         }
     }
     let idem_header = match headers.get("idempotency-key") {
