@@ -180,7 +180,9 @@ pub struct StatusView {
     pub assigned_partitions: usize,
     /// Lag per `topic/partition` (approximate on Tansu).
     pub lag: BTreeMap<String, i64>,
-    /// Connector-specific status: instance 0's (`Sink::status` / `Transform::status`).
+    /// Connector-specific status (`Sink::status` / `Transform::status`): the latest any
+    /// instance reported — current for connector-wide counters. With several instances,
+    /// `instances` has each one's own.
     pub details: serde_json::Value,
     /// Every instance's status, by slot (`max_in_flight` instances run at once), when there is
     /// more than one.
@@ -197,6 +199,8 @@ struct Inner {
     lag: BTreeMap<String, i64>,
     /// Status per instance slot.
     details: Vec<serde_json::Value>,
+    /// The status reported last, by any slot.
+    latest: serde_json::Value,
 }
 
 /// One connector's shared status handle.
@@ -268,7 +272,8 @@ impl ConnectorHandle {
         if g.details.len() <= slot {
             g.details.resize(slot + 1, serde_json::Value::Null);
         }
-        g.details[slot] = d;
+        g.details[slot] = d.clone();
+        g.latest = d;
     }
 
     /// Operator control channel.
@@ -314,11 +319,7 @@ impl ConnectorHandle {
             restarts: m.restarts.get(),
             assigned_partitions: g.assigned,
             lag: g.lag.clone(),
-            details: g
-                .details
-                .first()
-                .cloned()
-                .unwrap_or(serde_json::Value::Null),
+            details: g.latest.clone(),
             instances: if g.details.len() > 1 {
                 g.details.clone()
             } else {
@@ -367,6 +368,7 @@ impl StatusRegistry {
                 last_error: None,
                 lag: BTreeMap::new(),
                 details: Vec::new(),
+                latest: serde_json::Value::Null,
             })),
             metrics: ConnectorMetrics::new(&m),
             control_tx: Arc::new(tx),
