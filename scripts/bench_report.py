@@ -124,6 +124,7 @@ divided by the CPU all processes spend per record ("CPU-bound limit").
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {cpu_row("postgres_sink", "`postgres_sink`")}
 {cpu_row("redis_dedup", "`redis_dedup`")}
+{cpu_row("redis_sink", "`redis_sink`")}
 {cpu_row("forward", "`forward`")}
 {cpu_row("e2e_stats", "end to end (per distinct accepted event)", (f"{statistics.median(e2e_acc):,.0f} accepted/s" if e2e_acc else "—"))}
 
