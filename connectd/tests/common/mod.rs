@@ -189,11 +189,31 @@ pub async fn wait_lines(path: &Path, at_least: usize, timeout: Duration) -> usiz
     }
 }
 
+/// A port nothing listens on, never the same twice in one test process.
+///
+/// Not `bind(0)`: the kernel hands out ephemeral ports, so two calls in a row (the HTTP port
+/// and the admin port of one connectd) could return the same one once the first listener is
+/// closed, and any outgoing connection may take it before the child binds it. These come from
+/// below the ephemeral range (32768 and up on Linux), a block per process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const HIGH: u32 = 32_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        LOW + (std::process::id() % 48) * 250,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..(HIGH - LOW) {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (LOW + (n - LOW) % (HIGH - LOW)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {HIGH}");
 }
 
 /// A `connectd run` child process.

@@ -103,7 +103,10 @@ async fn the_redis_sink_keeps_the_delivery_contract() {
         total += members.iter().map(|(_, s)| s).sum::<f64>();
     }
     let expected = distinct.lock().expect("set").len();
-    assert!(expected >= 55, "the harness wrote at least its batch and the poison check's 5");
+    assert!(
+        expected >= 55,
+        "the harness wrote at least its batch and the poison check's 5"
+    );
     assert_eq!(
         total, expected as f64,
         "every distinct good event the harness wrote, counted once"
