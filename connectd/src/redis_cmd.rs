@@ -45,6 +45,10 @@ pub struct RebuildArgs {
     /// Entry field holding each entry's score increment (default: 1 per entry).
     #[arg(long)]
     pub score_field: Option<String>,
+    /// Longest wait for each Redis answer (reading a long stream on a busy Redis takes more
+    /// than the client's default of 500 ms).
+    #[arg(long, default_value = "30s")]
+    pub timeout: connector_core::config::Duration,
 }
 
 /// What a rebuild did.
@@ -61,8 +65,11 @@ pub struct Rebuilt {
 /// Runs the rebuild; the error is for people.
 pub async fn rebuild(a: &RebuildArgs) -> Result<Rebuilt, String> {
     let client = redis::Client::open(a.redis_url.as_str()).map_err(|e| e.to_string())?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(a.timeout.as_std()))
+        .set_response_timeout(Some(a.timeout.as_std()));
     let mut c = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| format!("cannot connect to Redis: {e}"))?;
     let entries: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")

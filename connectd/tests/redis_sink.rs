@@ -51,23 +51,16 @@ fn events(prefix: &str, n: usize) -> Vec<String> {
 }
 
 async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis")
+    redis_conn(url).await.expect("redis")
 }
 
 async fn stream_len(url: &str, prefix: &str) -> usize {
-    match redis::Client::open(url) {
-        Ok(c) => match c.get_multiplexed_async_connection().await {
-            Ok(mut c) => redis::cmd("XLEN")
-                .arg(format!("{prefix}:stream"))
-                .query_async(&mut c)
-                .await
-                .unwrap_or(0),
-            Err(_) => 0,
-        },
+    match redis_conn(url).await {
+        Ok(mut c) => redis::cmd("XLEN")
+            .arg(format!("{prefix}:stream"))
+            .query_async(&mut c)
+            .await
+            .unwrap_or(0),
         Err(_) => 0,
     }
 }

@@ -199,11 +199,7 @@ struct StreamProbe {
 #[async_trait]
 impl Probe for StreamProbe {
     async fn stored(&self, records: &[Record]) -> Result<Vec<usize>, String> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
-        let mut c = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut c = redis_conn(&self.url).await.map_err(|e| e.to_string())?;
         let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
             .arg(&self.stream)
             .arg("-")

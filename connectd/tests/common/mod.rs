@@ -399,6 +399,17 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://connectd:connectd@127.0.0.1:55432/connectd".into())
 }
 
+/// A connection for checks: a 30 s response timeout, since reading a whole stream from a Redis
+/// shared with parallel tests takes longer than the client's default 500 ms.
+pub async fn redis_conn(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:56379".into())
 }
