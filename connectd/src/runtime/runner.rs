@@ -25,12 +25,13 @@ use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
-use rdkafka::message::Message;
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::kafka::{consumer_config, to_record};
 use super::offsets::PartitionTracker;
@@ -333,13 +334,124 @@ struct Batch {
     records: Vec<Record>,
 }
 
+/// The runner's side of one worker slot: the batch being built and what is in flight.
 struct Slot {
     tx: mpsc::Sender<Batch>,
+    /// Records read for this slot's partitions and not yet handed over, in order.
     building: Vec<Record>,
+    /// Bytes of `building`.
     bytes: usize,
+    /// When the oldest record of `building` started waiting (the linger clock).
     first_at: Option<Instant>,
+    /// The worker has a batch.
     busy: bool,
+    /// Bytes of the batch the worker has.
     busy_bytes: usize,
+}
+
+impl Slot {
+    fn new(tx: mpsc::Sender<Batch>) -> Self {
+        Slot {
+            tx,
+            building: Vec::new(),
+            bytes: 0,
+            first_at: None,
+            busy: false,
+            busy_bytes: 0,
+        }
+    }
+
+    /// Forgets the records being built: they belong to an assignment that ended, and the
+    /// partitions' next owner (maybe this process again) reads them anew.
+    fn reset(&mut self) {
+        self.building.clear();
+        self.bytes = 0;
+        self.first_at = None;
+    }
+
+    /// Appends a record read from the consumer.
+    fn push(&mut self, record: Record, now: Instant) {
+        self.bytes += record.byte_size();
+        self.first_at.get_or_insert(now);
+        self.building.push(record);
+    }
+
+    /// True when a batch should be handed over now: the worker is free and the batch being
+    /// built is full (records or bytes) or has lingered long enough.
+    fn ready(&self, batch: &BatchSettings, now: Instant) -> bool {
+        let full = self.building.len() >= batch.max_records || self.bytes >= batch.max_bytes;
+        let lingered = self
+            .first_at
+            .is_some_and(|t| now.duration_since(t) >= batch.linger.as_std());
+        !self.busy && !self.building.is_empty() && (full || lingered)
+    }
+
+    /// Takes the next batch (at most `max_records`, oldest first) and marks the slot busy.
+    /// Records left behind start a new linger period.
+    fn take(&mut self, max_records: usize, now: Instant) -> Vec<Record> {
+        let take = self.building.len().min(max_records);
+        let records: Vec<Record> = self.building.drain(..take).collect();
+        let bytes: usize = records.iter().map(Record::byte_size).sum();
+        self.bytes -= bytes.min(self.bytes);
+        self.first_at = if self.building.is_empty() {
+            None
+        } else {
+            Some(now)
+        };
+        self.busy = true;
+        self.busy_bytes = bytes;
+        records
+    }
+
+    /// The worker reported its batch over.
+    fn finished(&mut self) {
+        self.busy = false;
+        self.busy_bytes = 0;
+    }
+
+    /// When the batch being built lingers out, if the slot is waiting for that.
+    fn linger_deadline(&self, linger: Duration) -> Option<Instant> {
+        match (self.busy, self.first_at) {
+            (false, Some(t)) => Some(t + linger),
+            _ => None,
+        }
+    }
+}
+
+/// The slot that handles partition `p` of `n_slots`.
+fn slot_of(p: i32, n_slots: usize) -> usize {
+    (p.unsigned_abs() as usize) % n_slots.max(1)
+}
+
+/// The earliest moment the loop must wake up by itself: the next periodic commit, the end of
+/// a hold (`hold_ends`), or a waiting batch lingering out.
+fn next_deadline(
+    commit_due: Instant,
+    hold_ends: Option<Instant>,
+    slots: &[Slot],
+    linger: Duration,
+) -> Instant {
+    slots
+        .iter()
+        .filter_map(|s| s.linger_deadline(linger))
+        .chain(hold_ends)
+        .fold(commit_due, Instant::min)
+}
+
+/// Partitions to pause (wanted paused, not yet) and to resume (paused, no longer wanted).
+fn pause_changes(want: &HashSet<Tp>, paused: &HashSet<Tp>) -> (Vec<Tp>, Vec<Tp>) {
+    (
+        want.difference(paused).cloned().collect(),
+        paused.difference(want).cloned().collect(),
+    )
+}
+
+fn tpl_of_partitions(list: &[Tp]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in list {
+        tpl.add_partition(t, *p);
+    }
+    tpl
 }
 
 /// A slot's report that its batch is over.
@@ -371,376 +483,486 @@ pub struct RunnerParams {
 }
 
 /// Runs until shutdown (Ok) or until a slot reports an error.
+///
+/// Each turn of the loop is a short sequence of named steps (see [`Runner::turn`]); the
+/// state they share lives in [`Runner`].
 pub async fn run(params: RunnerParams) -> Result<(), BatchError> {
-    let RunnerParams {
-        name,
-        consumer: settings,
-        kafka,
-        instances,
-        env,
-        handle,
-        mut shutdown,
-        shutdown_timeout,
-        offset_store,
-    } = params;
-    let group = settings.group(&name);
-    let shared = Arc::new(Shared {
-        parts: Mutex::new(HashMap::new()),
-        changed: Condvar::new(),
-        wake: Notify::new(),
-        generation: AtomicU64::new(0),
-    });
-    let ctx = RunnerContext {
-        shared: shared.clone(),
-        handle: handle.clone(),
-        revoke_wait: shutdown_timeout.min(Duration::from_secs(30)),
-        offset_store: offset_store.map(|s| Arc::new(tokio::sync::Mutex::new(s))),
-    };
-    let consumer: StreamConsumer<RunnerContext> =
-        consumer_config(&kafka, &group, settings.start_from == StartFrom::Earliest)
-            .create_with_context(ctx)
-            .map_err(|e| BatchError::Crash(format!("cannot create consumer: {e}")))?;
-    let topics = settings.input.to_vec();
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topic_refs)
-        .map_err(|e| BatchError::Crash(format!("cannot subscribe to {topics:?}: {e}")))?;
-    tracing::info!(connector = %name, %group, topics = ?topics, "consuming");
+    let mut runner = Runner::start(params)?;
+    while runner.turn().await {}
+    runner.stop().await
+}
 
-    // Worker slots.
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<SlotDone>();
-    let mut slots = Vec::new();
-    let mut workers = Vec::new();
-    for (i, mut instance) in instances.into_iter().enumerate() {
-        let (tx, mut rx) = mpsc::channel::<Batch>(1);
-        let env = env.clone();
-        let shared = shared.clone();
-        let done_tx = done_tx.clone();
-        workers.push(tokio::spawn(async move {
-            // A transform's batch whose outputs are queued, acknowledgements outstanding: the
-            // next batch is transformed meanwhile (its Redis round trip overlaps these acks).
-            let mut pending: Option<(Batch, Attempt)> = None;
-            let report = |error: Option<BatchError>| {
-                let _ = done_tx.send(SlotDone { slot: i, error });
-                shared.wake.notify_one();
-            };
-            loop {
-                let next = match pending.as_mut() {
-                    None => rx.recv().await,
-                    Some((_, attempt)) => {
-                        tokio::select! {
-                            b = rx.recv() => b,
-                            () = attempt.acked() => {
-                                // Nothing new came first: settle the pending batch now.
-                                if let Some((b, a)) = pending.take() {
-                                    if let Err(e) = settle(&env, &shared, &mut instance, b, a).await {
-                                        report(Some(e));
-                                        break;
-                                    }
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                };
-                let Some(batch) = next else { break };
-                let started = env.start(&mut instance, &batch.records).await;
-                // The previous batch settles before this one (its records come first).
-                let previous = match pending.take() {
-                    Some((b, a)) => settle(&env, &shared, &mut instance, b, a).await,
-                    None => Ok(()),
-                };
-                let result = match (previous, started) {
-                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-                    (Ok(()), Ok(a)) if a.awaits_acks() => {
-                        pending = Some((batch, a));
-                        Ok(())
-                    }
-                    (Ok(()), Ok(a)) => settle(&env, &shared, &mut instance, batch, a).await,
-                };
-                env.handle.set_details(i, instance.status());
-                let stop = result.is_err();
-                report(result.err());
-                if stop {
-                    break;
-                }
-            }
-            // Channel closed (shutdown): finish what is queued, so its offsets can be committed.
-            if let Some((b, a)) = pending.take() {
-                if let Err(e) = settle(&env, &shared, &mut instance, b, a).await {
-                    report(Some(e));
-                }
-            }
-            if let Err(e) = instance.close().await {
-                tracing::warn!(connector = %env.name, error = %e, "close failed");
-            }
-        }));
-        slots.push(Slot {
-            tx,
-            building: Vec::new(),
-            bytes: 0,
-            first_at: None,
-            busy: false,
-            busy_bytes: 0,
+/// How often final offsets are committed while running.
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
+
+/// What woke the runner up.
+enum Event {
+    Shutdown,
+    SlotDone(SlotDone),
+    Control,
+    /// A burst of records read from the consumer, and the error that ended it early.
+    Records(Vec<Record>, Option<rdkafka::error::KafkaError>),
+    /// A deadline passed or a worker/rebalance callback asked for a look.
+    Tick,
+}
+
+/// The runner's state between turns of its loop.
+struct Runner {
+    name: String,
+    consumer: StreamConsumer<RunnerContext>,
+    shared: Arc<Shared>,
+    handle: ConnectorHandle,
+    batch: BatchSettings,
+    max_buffered_bytes: usize,
+    slots: Vec<Slot>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    done_rx: mpsc::UnboundedReceiver<SlotDone>,
+    control: watch::Receiver<Control>,
+    shutdown: Shutdown,
+    shutdown_timeout: Duration,
+    /// The operator asked for a pause: nothing is dispatched, every partition is paused.
+    operator_paused: bool,
+    /// Partitions this runner has paused on the consumer.
+    paused: HashSet<Tp>,
+    /// The assignment generation the slots' buffers belong to.
+    seen_generation: u64,
+    last_commit: Instant,
+    /// One shared topic name per topic, so records do not each allocate theirs.
+    topic_names: HashMap<String, Arc<str>>,
+    /// The first error a slot reported: the loop ends.
+    failure: Option<BatchError>,
+    /// Since when the runner has stopped taking records (see [`backpressure`]).
+    held_since: Option<Instant>,
+}
+
+impl Runner {
+    /// Creates the consumer, subscribes, and starts one worker per built instance.
+    fn start(params: RunnerParams) -> Result<Self, BatchError> {
+        let RunnerParams {
+            name,
+            consumer: settings,
+            kafka,
+            instances,
+            env,
+            handle,
+            shutdown,
+            shutdown_timeout,
+            offset_store,
+        } = params;
+        let group = settings.group(&name);
+        let shared = Arc::new(Shared {
+            parts: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+            wake: Notify::new(),
+            generation: AtomicU64::new(0),
         });
-    }
-    drop(done_tx);
+        let ctx = RunnerContext {
+            shared: shared.clone(),
+            handle: handle.clone(),
+            revoke_wait: shutdown_timeout.min(Duration::from_secs(30)),
+            offset_store: offset_store.map(|s| Arc::new(tokio::sync::Mutex::new(s))),
+        };
+        let consumer: StreamConsumer<RunnerContext> =
+            consumer_config(&kafka, &group, settings.start_from == StartFrom::Earliest)
+                .create_with_context(ctx)
+                .map_err(|e| BatchError::Crash(format!("cannot create consumer: {e}")))?;
+        let topics = settings.input.to_vec();
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topic_refs)
+            .map_err(|e| BatchError::Crash(format!("cannot subscribe to {topics:?}: {e}")))?;
+        tracing::info!(connector = %name, %group, topics = ?topics, "consuming");
 
-    let n_slots = slots.len().max(1);
-    let slot_of = |p: i32| (p.unsigned_abs() as usize) % n_slots;
-    let batch = settings.batch.clone();
-    let linger = batch.linger.as_std();
-    let mut control = handle.control();
-    let mut operator_paused = *control.borrow() == Control::Pause;
-    let mut paused: HashSet<Tp> = HashSet::new();
-    let mut seen_generation = 0u64;
-    let mut last_commit = Instant::now();
-    let commit_every = Duration::from_millis(500);
-    let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
-    let mut failure: Option<BatchError> = None;
-    let mut held_since: Option<Instant> = None;
-    handle.set_state(if operator_paused {
-        State::Paused
-    } else {
-        State::Running
-    });
-
-    loop {
-        // A new assignment: batches being built belong to the old one; librdkafka restarts
-        // fetching from the committed offsets, and pause state starts afresh.
-        let generation = shared.generation.load(Ordering::SeqCst);
-        if generation != seen_generation {
-            for s in &mut slots {
-                s.building.clear();
-                s.bytes = 0;
-                s.first_at = None;
-            }
-            paused.clear();
-            seen_generation = generation;
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<SlotDone>();
+        let mut slots = Vec::new();
+        let mut workers = Vec::new();
+        for (i, instance) in instances.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel::<Batch>(1);
+            let worker = worker_loop(
+                i,
+                instance,
+                rx,
+                env.clone(),
+                shared.clone(),
+                done_tx.clone(),
+            );
+            workers.push(tokio::spawn(worker));
+            slots.push(Slot::new(tx));
         }
 
-        // Hand over ready batches.
-        for (i, s) in slots.iter_mut().enumerate() {
-            let full = s.building.len() >= batch.max_records || s.bytes >= batch.max_bytes;
-            let lingered = s.first_at.is_some_and(|t| t.elapsed() >= linger);
-            if !operator_paused && !s.busy && !s.building.is_empty() && (full || lingered) {
-                let take = s.building.len().min(batch.max_records);
-                let records: Vec<Record> = s.building.drain(..take).collect();
-                let bytes: usize = records.iter().map(Record::byte_size).sum();
-                s.bytes -= bytes.min(s.bytes);
-                s.first_at = if s.building.is_empty() {
-                    None
-                } else {
-                    Some(Instant::now())
-                };
-                s.busy = true;
-                tracing::trace!(connector = %name, slot = i, records = take, still_buffered = s.building.len(), "batch dispatched");
-                s.busy_bytes = bytes;
-                {
-                    let mut g = shared.lock();
-                    for r in &records {
-                        if let Some(o) = &r.origin {
-                            if let Some(p) = g.get_mut(&(o.topic.clone(), o.partition)) {
-                                if p.generation == generation {
-                                    p.dispatched += 1;
-                                }
-                            }
+        let control = handle.control();
+        let operator_paused = *control.borrow() == Control::Pause;
+        handle.set_state(if operator_paused {
+            State::Paused
+        } else {
+            State::Running
+        });
+        Ok(Runner {
+            name,
+            consumer,
+            shared,
+            handle,
+            batch: settings.batch.clone(),
+            max_buffered_bytes: settings.max_buffered_bytes,
+            slots,
+            workers,
+            done_rx,
+            control,
+            shutdown,
+            shutdown_timeout,
+            operator_paused,
+            paused: HashSet::new(),
+            seen_generation: 0,
+            last_commit: Instant::now(),
+            topic_names: HashMap::new(),
+            failure: None,
+            held_since: None,
+        })
+    }
+
+    /// One turn of the loop; false when the loop is over (shutdown or a slot's error).
+    async fn turn(&mut self) -> bool {
+        let generation = self.follow_assignment();
+        self.dispatch_ready(generation).await;
+        if self.failure.is_some() {
+            return false;
+        }
+        self.commit_if_due();
+        let hold = self.apply_backpressure();
+        let event = self.next_event(hold).await;
+        self.on_event(event).await
+    }
+
+    /// A new assignment: batches being built belong to the old one (librdkafka restarts
+    /// fetching from the committed offsets), and pause state starts afresh. Returns the
+    /// current generation.
+    fn follow_assignment(&mut self) -> u64 {
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        if generation != self.seen_generation {
+            self.slots.iter_mut().for_each(Slot::reset);
+            self.paused.clear();
+            self.seen_generation = generation;
+        }
+        generation
+    }
+
+    /// Hands every ready batch to its free worker and counts its records as dispatched (what
+    /// a revocation waits for).
+    async fn dispatch_ready(&mut self, generation: u64) {
+        if self.operator_paused {
+            return;
+        }
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            let now = Instant::now();
+            if !s.ready(&self.batch, now) {
+                continue;
+            }
+            let records = s.take(self.batch.max_records, now);
+            tracing::trace!(connector = %self.name, slot = i, records = records.len(), still_buffered = s.building.len(), "batch dispatched");
+            {
+                let mut g = self.shared.lock();
+                for o in records.iter().filter_map(|r| r.origin.as_ref()) {
+                    if let Some(p) = g.get_mut(&(o.topic.clone(), o.partition)) {
+                        if p.generation == generation {
+                            p.dispatched += 1;
                         }
                     }
                 }
-                if s.tx
-                    .send(Batch {
-                        generation,
-                        records,
-                    })
-                    .await
-                    .is_err()
-                {
-                    failure.get_or_insert(BatchError::Crash("worker stopped".into()));
-                }
+            }
+            let batch = Batch {
+                generation,
+                records,
+            };
+            if s.tx.send(batch).await.is_err() {
+                self.failure
+                    .get_or_insert(BatchError::Crash("worker stopped".into()));
             }
         }
-        if failure.is_some() {
-            break;
-        }
+    }
 
-        // Commit what is final.
-        if last_commit.elapsed() >= commit_every {
-            commit(&consumer, &shared, &handle, CommitMode::Async);
-            last_commit = Instant::now();
+    /// Commits what is final, every [`COMMIT_EVERY`].
+    fn commit_if_due(&mut self) {
+        if self.last_commit.elapsed() >= COMMIT_EVERY {
+            commit(
+                &self.consumer,
+                &self.shared,
+                &self.handle,
+                CommitMode::Async,
+            );
+            self.last_commit = Instant::now();
         }
+    }
 
-        // Backpressure and operator pause (see [`backpressure`]).
-        let buffered: usize = slots.iter().map(|s| s.bytes + s.busy_bytes).sum();
-        let assigned: Vec<Tp> = shared.lock().keys().cloned().collect();
-        let mut levels: Vec<Option<(usize, usize)>> = vec![None; slots.len()];
+    /// Backpressure and the operator's pause (see [`backpressure`]): pauses and resumes
+    /// partitions on the consumer. Returns whether to stop taking records for now.
+    fn apply_backpressure(&mut self) -> bool {
+        let n_slots = self.slots.len();
+        let buffered: usize = self.slots.iter().map(|s| s.bytes + s.busy_bytes).sum();
+        let assigned: Vec<Tp> = self.shared.lock().keys().cloned().collect();
+        let mut levels: Vec<Option<(usize, usize)>> = vec![None; n_slots];
         for tp in &assigned {
-            let i = slot_of(tp.1);
-            levels[i] = Some((slots[i].building.len(), slots[i].bytes));
+            let i = slot_of(tp.1, n_slots);
+            levels[i] = Some((self.slots[i].building.len(), self.slots[i].bytes));
         }
         let decision = backpressure(
             &levels,
-            &batch,
-            buffered >= settings.max_buffered_bytes,
-            operator_paused,
-            &mut held_since,
+            &self.batch,
+            buffered >= self.max_buffered_bytes,
+            self.operator_paused,
+            &mut self.held_since,
             Instant::now(),
         );
-        let hold = decision.hold;
         let want: HashSet<Tp> = assigned
             .into_iter()
-            .filter(|tp| decision.pause[slot_of(tp.1)])
+            .filter(|tp| decision.pause[slot_of(tp.1, n_slots)])
             .collect();
-        let to_pause: Vec<(Tp, i64)> = want.difference(&paused).map(|tp| (tp.clone(), 0)).collect();
-        let to_resume: Vec<(Tp, i64)> =
-            paused.difference(&want).map(|tp| (tp.clone(), 0)).collect();
+        let (to_pause, to_resume) = pause_changes(&want, &self.paused);
         if !to_pause.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for ((t, p), _) in &to_pause {
-                tpl.add_partition(t, *p);
-            }
-            handle.metrics.partition_pauses.add(to_pause.len() as u64);
-            if let Err(e) = consumer.pause(&tpl) {
-                tracing::warn!(connector = %name, error = %e, "pause failed");
+            self.handle
+                .metrics
+                .partition_pauses
+                .add(to_pause.len() as u64);
+            if let Err(e) = self.consumer.pause(&tpl_of_partitions(&to_pause)) {
+                tracing::warn!(connector = %self.name, error = %e, "pause failed");
             }
         }
         if !to_resume.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for ((t, p), _) in &to_resume {
-                tpl.add_partition(t, *p);
-            }
-            if let Err(e) = consumer.resume(&tpl) {
-                tracing::warn!(connector = %name, error = %e, "resume failed");
+            if let Err(e) = self.consumer.resume(&tpl_of_partitions(&to_resume)) {
+                tracing::warn!(connector = %self.name, error = %e, "resume failed");
             }
         }
-        paused = want;
+        self.paused = want;
+        decision.hold
+    }
 
-        // Next deadline: the earliest linger expiry or the next commit.
-        let mut next = last_commit + commit_every;
-        if let (true, Some(t)) = (hold, held_since) {
-            next = next.min(t + HOLD_LIMIT);
-        }
-        for s in &slots {
-            if let (false, Some(t)) = (s.busy, s.first_at) {
-                next = next.min(t + linger);
-            }
-        }
-
+    /// Waits for whatever comes first: shutdown, a slot's report, the operator, records
+    /// (unless holding), a wake-up from a callback, or the next deadline.
+    async fn next_event(&mut self, hold: bool) -> Event {
+        let hold_ends = self.held_since.filter(|_| hold).map(|t| t + HOLD_LIMIT);
+        let deadline = next_deadline(
+            self.last_commit + COMMIT_EVERY,
+            hold_ends,
+            &self.slots,
+            self.batch.linger.as_std(),
+        );
         tokio::select! {
             biased;
-            _ = shutdown.wait() => break,
-            Some(d) = done_rx.recv() => {
-                let s = &mut slots[d.slot];
-                s.busy = false;
-                s.busy_bytes = 0;
-                if let Some(e) = d.error {
-                    failure = Some(e);
-                    break;
-                }
-            }
-            changed = control.changed() => {
+            _ = self.shutdown.wait() => Event::Shutdown,
+            Some(d) = self.done_rx.recv() => Event::SlotDone(d),
+            changed = self.control.changed() => {
                 if changed.is_ok() {
-                    operator_paused = *control.borrow_and_update() == Control::Pause;
-                    handle.set_state(if operator_paused { State::Paused } else { State::Running });
+                    self.operator_paused = *self.control.borrow_and_update() == Control::Pause;
                 }
+                Event::Control
             }
-            msg = consumer.recv(), if !hold => {
-                // Take what is already fetched in one go (up to a bound), so the loop's
-                // bookkeeping runs per burst rather than per record.
-                let mut next_msg = Some(msg);
-                let mut taken = 0;
-                while let Some(msg) = next_msg.take() {
-                    match msg {
-                        Ok(m) => {
-                            let topic = match topic_names.get(m.topic()) {
-                                Some(t) => t.clone(),
-                                None => {
-                                    let t: Arc<str> = Arc::from(m.topic());
-                                    topic_names.insert(m.topic().to_string(), t.clone());
-                                    t
-                                }
-                            };
-                            let tp = (topic.clone(), m.partition());
-                            let current = shared.generation.load(Ordering::SeqCst);
-                            let tracked = {
-                                let mut g = shared.lock();
-                                match g.get_mut(&tp) {
-                                    Some(p) if p.generation == current => p.tracker.track(m.offset()),
-                                    _ => false,
-                                }
-                            };
-                            if tracked {
-                                let record = to_record(&m, &topic);
-                                handle.metrics.records_in.inc();
-                                let s = &mut slots[slot_of(tp.1)];
-                                s.bytes += record.byte_size();
-                                s.first_at.get_or_insert_with(Instant::now);
-                                s.building.push(record);
-                            } else {
-                                tracing::debug!(connector = %name, topic = %tp.0, partition = tp.1, offset = m.offset(), "ignoring a record of a partition not (or no longer) assigned");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(connector = %name, error = %e, "consumer error");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            break;
-                        }
-                    }
-                    taken += 1;
-                    if taken >= BURST {
-                        break;
-                    }
-                    next_msg = consumer.recv().now_or_never();
-                }
+            msg = self.consumer.recv(), if !hold => {
+                read_burst(&self.consumer, msg, &mut self.topic_names)
             }
-            _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = self.shared.wake.notified() => Event::Tick,
+            _ = tokio::time::sleep_until(deadline.into()) => Event::Tick,
         }
     }
 
-    // Stop: no new batches. Wait (bounded) for in-flight ones, commit what is final, leave.
-    let deadline = Instant::now() + shutdown_timeout;
-    for s in &mut slots {
-        s.building.clear();
-    }
-    while slots.iter().any(|s| s.busy) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            tracing::warn!(connector = %name, "shutdown deadline passed with batches in flight; they will be redelivered");
-            break;
-        }
-        match tokio::time::timeout(left, done_rx.recv()).await {
-            Ok(Some(d)) => {
-                slots[d.slot].busy = false;
+    /// Acts on what woke the loop up; false when the loop is over.
+    async fn on_event(&mut self, event: Event) -> bool {
+        match event {
+            Event::Shutdown => return false,
+            Event::SlotDone(d) => {
+                self.slots[d.slot].finished();
                 if let Some(e) = d.error {
-                    failure.get_or_insert(e);
+                    self.failure = Some(e);
+                    return false;
                 }
             }
-            Ok(None) | Err(_) => break,
+            Event::Control => {
+                self.handle.set_state(if self.operator_paused {
+                    State::Paused
+                } else {
+                    State::Running
+                });
+            }
+            Event::Records(records, error) => {
+                self.take_records(records);
+                if let Some(e) = error {
+                    tracing::warn!(connector = %self.name, error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            Event::Tick => {}
+        }
+        true
+    }
+
+    /// Puts records into their slots' batches, each once: records of partitions not (or no
+    /// longer) assigned to this generation, and offsets already tracked, are dropped.
+    fn take_records(&mut self, records: Vec<Record>) {
+        let n_slots = self.slots.len();
+        let now = Instant::now();
+        for record in records {
+            let Some(o) = &record.origin else { continue };
+            let tp = (o.topic.clone(), o.partition);
+            let offset = o.offset;
+            let current = self.shared.generation.load(Ordering::SeqCst);
+            let tracked = match self.shared.lock().get_mut(&tp) {
+                Some(p) if p.generation == current => p.tracker.track(offset),
+                _ => false,
+            };
+            if tracked {
+                self.handle.metrics.records_in.inc();
+                self.slots[slot_of(tp.1, n_slots)].push(record, now);
+            } else {
+                tracing::debug!(connector = %self.name, topic = %tp.0, partition = tp.1, offset, "ignoring a record of a partition not (or no longer) assigned");
+            }
         }
     }
-    // Closing the channels lets each worker settle the batch whose acknowledgements it still
-    // awaits; the final commit comes after.
-    drop(slots);
-    for w in workers {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
-        match tokio::time::timeout(left, w).await {
-            Ok(_) => {}
-            Err(_) => tracing::warn!(connector = %name, "worker did not stop in time"),
+
+    /// Stop: no new batches. Waits (bounded by the shutdown timeout) for in-flight batches,
+    /// lets the workers settle and close, commits what is final, and leaves the group.
+    async fn stop(mut self) -> Result<(), BatchError> {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        for s in &mut self.slots {
+            s.building.clear();
+        }
+        while self.slots.iter().any(|s| s.busy) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(connector = %self.name, "shutdown deadline passed with batches in flight; they will be redelivered");
+                break;
+            }
+            match tokio::time::timeout(left, self.done_rx.recv()).await {
+                Ok(Some(d)) => {
+                    self.slots[d.slot].busy = false;
+                    if let Some(e) = d.error {
+                        self.failure.get_or_insert(e);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // Closing the channels lets each worker settle the batch whose acknowledgements it
+        // still awaits; the final commit comes after.
+        self.slots.clear();
+        for w in std::mem::take(&mut self.workers) {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
+            if tokio::time::timeout(left, w).await.is_err() {
+                tracing::warn!(connector = %self.name, "worker did not stop in time");
+            }
+        }
+        while let Ok(d) = self.done_rx.try_recv() {
+            if let Some(e) = d.error {
+                self.failure.get_or_insert(e);
+            }
+        }
+        commit(&self.consumer, &self.shared, &self.handle, CommitMode::Sync);
+        self.consumer.unsubscribe();
+        match self.failure {
+            Some(BatchError::Abandoned) | None => Ok(()),
+            Some(e) => Err(e),
         }
     }
-    while let Ok(d) = done_rx.try_recv() {
-        if let Some(e) = d.error {
-            failure.get_or_insert(e);
+}
+
+/// Takes `first` and whatever else the consumer has already fetched (up to [`BURST`]), so the
+/// loop's bookkeeping runs per burst rather than per record. An error ends the burst.
+fn read_burst(
+    consumer: &StreamConsumer<RunnerContext>,
+    first: KafkaResult<BorrowedMessage<'_>>,
+    topic_names: &mut HashMap<String, Arc<str>>,
+) -> Event {
+    let mut records = Vec::new();
+    let mut next = Some(first);
+    while let Some(msg) = next.take() {
+        match msg {
+            Ok(m) => {
+                let topic = match topic_names.get(m.topic()) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t: Arc<str> = Arc::from(m.topic());
+                        topic_names.insert(m.topic().to_string(), t.clone());
+                        t
+                    }
+                };
+                records.push(to_record(&m, &topic));
+            }
+            Err(e) => return Event::Records(records, Some(e)),
+        }
+        if records.len() >= BURST {
+            break;
+        }
+        next = consumer.recv().now_or_never();
+    }
+    Event::Records(records, None)
+}
+
+/// One slot's worker: runs batches through its connector instance, one at a time, and
+/// reports each batch's end. A transform's batch whose outputs are queued, acknowledgements
+/// outstanding, stays pending while the next batch is transformed (its Redis round trip
+/// overlaps these acks). Ends when the runner closes the channel (after settling what is
+/// pending, so its offsets can be committed) or on a batch error.
+async fn worker_loop(
+    i: usize,
+    mut instance: Instance,
+    mut rx: mpsc::Receiver<Batch>,
+    env: Arc<WorkerEnv>,
+    shared: Arc<Shared>,
+    done_tx: mpsc::UnboundedSender<SlotDone>,
+) {
+    let mut pending: Option<(Batch, Attempt)> = None;
+    let report = |error: Option<BatchError>| {
+        let _ = done_tx.send(SlotDone { slot: i, error });
+        shared.wake.notify_one();
+    };
+    loop {
+        let next = match pending.as_mut() {
+            None => rx.recv().await,
+            Some((_, attempt)) => {
+                tokio::select! {
+                    b = rx.recv() => b,
+                    () = attempt.acked() => {
+                        // Nothing new came first: settle the pending batch now.
+                        if let Some((b, a)) = pending.take() {
+                            if let Err(e) = settle(&env, &shared, &mut instance, b, a).await {
+                                report(Some(e));
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(batch) = next else { break };
+        let started = env.start(&mut instance, &batch.records).await;
+        // The previous batch settles before this one (its records come first).
+        let previous = match pending.take() {
+            Some((b, a)) => settle(&env, &shared, &mut instance, b, a).await,
+            None => Ok(()),
+        };
+        let result = match (previous, started) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(a)) if a.awaits_acks() => {
+                pending = Some((batch, a));
+                Ok(())
+            }
+            (Ok(()), Ok(a)) => settle(&env, &shared, &mut instance, batch, a).await,
+        };
+        env.handle.set_details(i, instance.status());
+        let stop = result.is_err();
+        report(result.err());
+        if stop {
+            break;
         }
     }
-    commit(&consumer, &shared, &handle, CommitMode::Sync);
-    consumer.unsubscribe();
-    match failure {
-        Some(BatchError::Abandoned) | None => Ok(()),
-        Some(e) => Err(e),
+    // Channel closed (shutdown): finish what is queued, so its offsets can be committed.
+    if let Some((b, a)) = pending.take() {
+        if let Err(e) = settle(&env, &shared, &mut instance, b, a).await {
+            report(Some(e));
+        }
+    }
+    if let Err(e) = instance.close().await {
+        tracing::warn!(connector = %env.name, error = %e, "close failed");
     }
 }
 
@@ -933,6 +1155,124 @@ mod tests {
         let d = backpressure(&levels, &batch(), false, true, &mut held, Instant::now());
         assert_eq!(d, expect(false, &[true, false]));
         assert_eq!(held, None);
+    }
+
+    fn rec(partition: i32, offset: i64, len: usize) -> Record {
+        Record::new("x".repeat(len)).with_origin("t", partition, offset)
+    }
+
+    fn slot() -> Slot {
+        Slot::new(mpsc::channel(1).0)
+    }
+
+    #[test]
+    fn partitions_map_to_slots_by_modulo() {
+        assert_eq!(slot_of(0, 2), 0);
+        assert_eq!(slot_of(5, 2), 1);
+        assert_eq!(slot_of(-3, 2), 1);
+        // No slot at all still names slot 0 rather than dividing by zero.
+        assert_eq!(slot_of(7, 0), 0);
+    }
+
+    #[test]
+    fn a_slot_is_ready_when_full_or_lingered_and_never_while_busy() {
+        let t0 = Instant::now();
+        let b = batch();
+        let linger = b.linger.as_std();
+        let mut s = slot();
+        assert!(!s.ready(&b, t0), "nothing to send");
+        s.push(rec(0, 0, 10), t0);
+        assert!(!s.ready(&b, t0), "neither full nor lingered");
+        assert!(s.ready(&b, t0 + linger), "lingered");
+        for i in 1..100 {
+            s.push(rec(0, i, 10), t0);
+        }
+        assert!(s.ready(&b, t0), "full by records");
+        s.busy = true;
+        assert!(!s.ready(&b, t0 + linger), "the worker still has a batch");
+
+        let mut big = slot();
+        big.push(rec(0, 0, b.max_bytes), t0);
+        assert!(big.ready(&b, t0), "full by bytes");
+    }
+
+    #[test]
+    fn taking_a_batch_keeps_order_and_accounts_bytes() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(5);
+        let mut s = slot();
+        for i in 0..150 {
+            s.push(rec(0, i, 10), t0);
+        }
+        let per_record = s.bytes / 150;
+        let taken = s.take(100, t1);
+        let offsets: Vec<i64> = taken
+            .iter()
+            .filter_map(|r| r.origin.as_ref().map(|o| o.offset))
+            .collect();
+        assert_eq!(offsets, (0..100).collect::<Vec<_>>());
+        assert!(s.busy);
+        assert_eq!(s.busy_bytes, 100 * per_record);
+        assert_eq!(s.bytes, 50 * per_record);
+        assert_eq!(s.first_at, Some(t1), "the rest lingers afresh");
+        assert_eq!(s.linger_deadline(Duration::from_millis(10)), None, "busy");
+        s.finished();
+        assert!(!s.busy);
+        assert_eq!(s.busy_bytes, 0);
+        assert_eq!(
+            s.linger_deadline(Duration::from_millis(10)),
+            Some(t1 + Duration::from_millis(10))
+        );
+        let rest = s.take(100, t1);
+        assert_eq!(rest.len(), 50);
+        assert_eq!((s.bytes, s.first_at), (0, None));
+        s.push(rec(0, 200, 10), t1);
+        s.reset();
+        assert!(s.building.is_empty());
+        assert_eq!((s.bytes, s.first_at), (0, None));
+    }
+
+    #[test]
+    fn the_loop_wakes_at_the_earliest_deadline() {
+        let t0 = Instant::now();
+        let linger = Duration::from_millis(20);
+        let commit_due = t0 + Duration::from_millis(500);
+        let mut a = slot();
+        let mut b = slot();
+        assert_eq!(next_deadline(commit_due, None, &[], linger), commit_due);
+        a.push(rec(0, 0, 1), t0 + Duration::from_millis(30));
+        b.push(rec(1, 0, 1), t0 + Duration::from_millis(10));
+        let slots = [a, b];
+        assert_eq!(
+            next_deadline(commit_due, None, &slots, linger),
+            t0 + Duration::from_millis(30)
+        );
+        assert_eq!(
+            next_deadline(
+                commit_due,
+                Some(t0 + Duration::from_millis(1)),
+                &slots,
+                linger
+            ),
+            t0 + Duration::from_millis(1)
+        );
+        // A busy slot's batch does not linger out: its worker will ask for the next look.
+        let mut busy = slot();
+        busy.push(rec(0, 0, 1), t0);
+        busy.busy = true;
+        assert_eq!(next_deadline(commit_due, None, &[busy], linger), commit_due);
+    }
+
+    #[test]
+    fn pause_changes_are_the_differences() {
+        let tp = |p: i32| (Arc::<str>::from("t"), p);
+        let want: HashSet<Tp> = [tp(0), tp(1)].into_iter().collect();
+        let paused: HashSet<Tp> = [tp(1), tp(2)].into_iter().collect();
+        let (pause, resume) = pause_changes(&want, &paused);
+        assert_eq!(pause, vec![tp(0)]);
+        assert_eq!(resume, vec![tp(2)]);
+        let (pause, resume) = pause_changes(&want, &want);
+        assert!(pause.is_empty() && resume.is_empty());
     }
 
     #[test]
