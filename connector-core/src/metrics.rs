@@ -1,7 +1,13 @@
-//! A small, dependency-free metrics registry rendered in the Prometheus text format.
+//! Metrics for connectors, on the official Prometheus/OpenMetrics client (`prometheus-client`).
 //!
 //! Connectors get a [`Metrics`] handle already labelled with their name and create counters,
 //! gauges and histograms from it. Creating the same series twice returns the same series.
+//! The registry renders in the OpenMetrics text format ([`Metrics::render_openmetrics`],
+//! what Prometheus asks for) and in the classic Prometheus text format 0.0.4
+//! ([`Metrics::render`], for everything else: `curl`, older scrapers).
+//!
+//! Names: a counter's name ends in `_total` (OpenMetrics appends it to one that does not);
+//! help texts gain a full stop.
 //!
 //! ```
 //! use connector_core::metrics::Metrics;
@@ -12,12 +18,18 @@
 //! let text = m.render();
 //! assert!(text.contains(r#"rows_inserted_total{connector="pg"} 3"#));
 //! assert!(text.contains(r#"write_seconds_bucket{connector="pg",le="0.1"} 1"#));
+//! assert!(m.render_openmetrics().ends_with("# EOF\n"));
 //! ```
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter as PromCounter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge as PromGauge;
+use prometheus_client::metrics::histogram::Histogram as PromHistogram;
+use prometheus_client::registry::Registry;
 
 /// Default latency buckets in seconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -29,130 +41,94 @@ pub const SIZE_BUCKETS: &[f64] = &[
     1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0,
 ];
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
+/// A series' labels, values already escaped for the text formats (`prometheus-client` writes
+/// label values as given).
+type Labels = Vec<(String, String)>;
 
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
+/// Makes each histogram of a family with the family's buckets.
+#[derive(Clone)]
+struct Buckets(Arc<[f64]>);
+
+impl MetricConstructor<PromHistogram> for Buckets {
+    fn new_metric(&self) -> PromHistogram {
+        PromHistogram::new(self.0.iter().copied())
     }
 }
 
 #[derive(Clone)]
-enum Series {
-    Counter(Counter),
-    Gauge(Gauge),
-    Histogram(Histogram),
-}
-
-struct Family {
-    help: String,
-    kind: Kind,
-    series: BTreeMap<String, Series>,
+enum Fam {
+    Counter(Family<Labels, PromCounter>),
+    Gauge(Family<Labels, PromGauge>),
+    Histogram(Family<Labels, PromHistogram, Buckets>),
 }
 
 #[derive(Default)]
 struct Inner {
-    families: Mutex<BTreeMap<String, Family>>,
+    registry: Mutex<Registry>,
+    /// Families by the name connectors use, so that a second request finds the first.
+    families: Mutex<HashMap<String, Fam>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 /// A handle to a shared registry plus a fixed set of labels.
 #[derive(Clone, Default)]
 pub struct Metrics {
     inner: Arc<Inner>,
-    labels: Vec<(String, String)>,
+    labels: Labels,
 }
 
 /// A monotonically increasing count.
 #[derive(Clone, Default, Debug)]
-pub struct Counter(Arc<AtomicU64>);
+pub struct Counter(PromCounter);
 
 impl Counter {
     /// Adds one.
     pub fn inc(&self) {
-        self.add(1);
+        self.0.inc();
     }
     /// Adds `n`.
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.inc_by(n);
     }
     /// Current value.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
 /// A value that goes up and down.
 #[derive(Clone, Default, Debug)]
-pub struct Gauge(Arc<AtomicI64>);
+pub struct Gauge(PromGauge);
 
 impl Gauge {
     /// Sets the value.
     pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
+        self.0.set(v);
     }
     /// Adds `d` (may be negative).
     pub fn add(&self, d: i64) {
-        self.0.fetch_add(d, Ordering::Relaxed);
+        self.0.inc_by(d);
     }
     /// Current value.
     pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
-}
-
-#[derive(Debug)]
-struct HistInner {
-    bounds: Vec<f64>,
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    /// Sum in micro-units, to stay lock-free.
-    sum_micros: AtomicU64,
 }
 
 /// A distribution of observations in fixed buckets.
 #[derive(Clone, Debug)]
-pub struct Histogram(Arc<HistInner>);
+pub struct Histogram(PromHistogram);
 
 impl Histogram {
-    fn with_bounds(bounds: &[f64]) -> Self {
-        Histogram(Arc::new(HistInner {
-            bounds: bounds.to_vec(),
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }))
-    }
-
     /// Records one observation.
     pub fn observe(&self, v: f64) {
-        let h = &self.0;
-        for (i, b) in h.bounds.iter().enumerate() {
-            if v <= *b {
-                h.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        h.count.fetch_add(1, Ordering::Relaxed);
-        h.sum_micros
-            .fetch_add((v.max(0.0) * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    /// Number of observations.
-    pub fn count(&self) -> u64 {
-        self.0.count.load(Ordering::Relaxed)
-    }
-
-    /// Sum of observations.
-    pub fn sum(&self) -> f64 {
-        self.0.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        self.0.observe(v);
     }
 }
 
@@ -160,14 +136,6 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-fn label_str(labels: &[(String, String)]) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 impl Metrics {
@@ -180,110 +148,125 @@ impl Metrics {
     pub fn with_label(&self, name: &str, value: &str) -> Self {
         let mut labels = self.labels.clone();
         labels.retain(|(k, _)| k != name);
-        labels.push((name.to_string(), value.to_string()));
+        labels.push((name.to_string(), escape(value)));
         Self {
             inner: self.inner.clone(),
             labels,
         }
     }
 
-    /// The series `name` with this handle's labels, created by `make` when new.
-    fn series(&self, name: &str, help: &str, kind: Kind, make: impl FnOnce() -> Series) -> Series {
-        let mut fams = match self.inner.families.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let fam = fams.entry(name.to_string()).or_insert_with(|| Family {
-            help: help.to_string(),
-            kind,
-            series: BTreeMap::new(),
-        });
-        if fam.kind != kind {
-            // A programming error in a connector: never panic, hand out a detached series.
-            tracing::error!(
-                metric = name,
-                "metric registered twice with different kinds"
-            );
-            return make();
+    /// The family `name`, registered by `make` when new. `None` when `name` is already a
+    /// family of another kind: a programming error in a connector, logged, never a panic.
+    fn family(&self, name: &str, help: &str, make: impl FnOnce() -> Fam) -> Fam {
+        let mut fams = lock(&self.inner.families);
+        if let Some(f) = fams.get(name) {
+            return f.clone();
         }
-        fam.series
-            .entry(label_str(&self.labels))
-            .or_insert_with(make)
-            .clone()
+        let fam = make();
+        let mut registry = lock(&self.inner.registry);
+        match &fam {
+            // OpenMetrics names the counter family without the `_total` of its samples.
+            Fam::Counter(c) => {
+                registry.register(name.strip_suffix("_total").unwrap_or(name), help, c.clone())
+            }
+            Fam::Gauge(g) => registry.register(name, help, g.clone()),
+            Fam::Histogram(h) => registry.register(name, help, h.clone()),
+        }
+        fams.insert(name.to_string(), fam.clone());
+        fam
+    }
+
+    fn kind_clash(name: &str) {
+        tracing::error!(
+            metric = name,
+            "metric registered twice with different kinds"
+        );
     }
 
     /// The counter `name` with this handle's labels.
     pub fn counter(&self, name: &str, help: &str) -> Counter {
-        match self.series(name, help, Kind::Counter, || {
-            Series::Counter(Counter::default())
-        }) {
-            Series::Counter(c) => c,
-            _ => Counter::default(),
+        match self.family(name, help, || Fam::Counter(Family::default())) {
+            Fam::Counter(f) => Counter(f.get_or_create_owned(&self.labels)),
+            _ => {
+                Self::kind_clash(name);
+                Counter::default()
+            }
         }
     }
 
     /// The gauge `name` with this handle's labels.
     pub fn gauge(&self, name: &str, help: &str) -> Gauge {
-        match self.series(name, help, Kind::Gauge, || Series::Gauge(Gauge::default())) {
-            Series::Gauge(g) => g,
-            _ => Gauge::default(),
-        }
-    }
-
-    /// The histogram `name` with this handle's labels and the given upper bounds.
-    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-        let make = || Series::Histogram(Histogram::with_bounds(buckets));
-        match self.series(name, help, Kind::Histogram, make) {
-            Series::Histogram(h) => h,
-            _ => Histogram::with_bounds(buckets),
-        }
-    }
-
-    /// Renders every series of the registry in the Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let fams = match self.inner.families.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let mut out = String::new();
-        for (name, fam) in fams.iter() {
-            let _ = writeln!(out, "# HELP {name} {}", fam.help);
-            let _ = writeln!(out, "# TYPE {name} {}", fam.kind.as_str());
-            for (labels, s) in &fam.series {
-                let braces = |extra: &str| -> String {
-                    match (labels.is_empty(), extra.is_empty()) {
-                        (true, true) => String::new(),
-                        (true, false) => format!("{{{extra}}}"),
-                        (false, true) => format!("{{{labels}}}"),
-                        (false, false) => format!("{{{labels},{extra}}}"),
-                    }
-                };
-                match s {
-                    Series::Counter(c) => {
-                        let _ = writeln!(out, "{name}{} {}", braces(""), c.get());
-                    }
-                    Series::Gauge(g) => {
-                        let _ = writeln!(out, "{name}{} {}", braces(""), g.get());
-                    }
-                    Series::Histogram(h) => {
-                        for (i, b) in h.0.bounds.iter().enumerate() {
-                            let n = h.0.buckets[i].load(Ordering::Relaxed);
-                            let _ = writeln!(
-                                out,
-                                "{name}_bucket{} {n}",
-                                braces(&format!("le=\"{b}\""))
-                            );
-                        }
-                        let _ =
-                            writeln!(out, "{name}_bucket{} {}", braces("le=\"+Inf\""), h.count());
-                        let _ = writeln!(out, "{name}_sum{} {}", braces(""), h.sum());
-                        let _ = writeln!(out, "{name}_count{} {}", braces(""), h.count());
-                    }
-                }
+        match self.family(name, help, || Fam::Gauge(Family::default())) {
+            Fam::Gauge(f) => Gauge(f.get_or_create_owned(&self.labels)),
+            _ => {
+                Self::kind_clash(name);
+                Gauge::default()
             }
+        }
+    }
+
+    /// The histogram `name` with this handle's labels and the given upper bounds (the first
+    /// request for `name` sets the family's bounds).
+    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let make = || Fam::Histogram(Family::new_with_constructor(Buckets(buckets.into())));
+        match self.family(name, help, make) {
+            Fam::Histogram(f) => Histogram(f.get_or_create_owned(&self.labels)),
+            _ => {
+                Self::kind_clash(name);
+                Histogram(PromHistogram::new(buckets.iter().copied()))
+            }
+        }
+    }
+
+    /// Every series of the registry in the OpenMetrics text format
+    /// (`application/openmetrics-text; version=1.0.0`).
+    pub fn render_openmetrics(&self) -> String {
+        let registry = lock(&self.inner.registry);
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
         }
         out
     }
+
+    /// Every series of the registry in the classic Prometheus text format
+    /// (`text/plain; version=0.0.4`).
+    pub fn render(&self) -> String {
+        classic_text(&self.render_openmetrics())
+    }
+}
+
+/// The classic text format from OpenMetrics text: the two differ, for what this registry
+/// holds, only in the name a counter's `# HELP`/`# TYPE` lines give (`x_total` there, `x` in
+/// OpenMetrics) and the `# EOF` terminator. No crate renders both, hence these few lines.
+fn classic_text(openmetrics: &str) -> String {
+    let lines: Vec<&str> = openmetrics.lines().collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64);
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "# EOF" {
+            continue;
+        }
+        let counter_family = |l: &str| {
+            l.strip_prefix("# TYPE ")
+                .and_then(|rest| rest.strip_suffix(" counter"))
+                .map(str::to_string)
+        };
+        let renamed = if let Some(name) = counter_family(line) {
+            Some(format!("# TYPE {name}_total counter"))
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            // A HELP line is followed by its family's TYPE line.
+            let next = lines.get(i + 1).and_then(|l| counter_family(l));
+            next.and_then(|name| {
+                rest.strip_prefix(&format!("{name} "))
+                    .map(|help| format!("# HELP {name}_total {help}"))
+            })
+        } else {
+            None
+        };
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -301,9 +284,26 @@ mod tests {
         let other = m.with_label("connector", "y").counter("c_total", "h");
         assert_eq!(other.get(), 0);
         let text = m.render();
-        assert!(text.contains("# TYPE c_total counter"));
-        assert!(text.contains("c_total{connector=\"x\"} 3"));
-        assert!(text.contains("c_total{connector=\"y\"} 0"));
+        assert!(text.contains("# HELP c_total h."), "{text}");
+        assert!(text.contains("# TYPE c_total counter"), "{text}");
+        assert!(text.contains("c_total{connector=\"x\"} 3"), "{text}");
+        assert!(text.contains("c_total{connector=\"y\"} 0"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_names_the_counter_family_without_total() {
+        let m = Metrics::new().with_label("connector", "x");
+        m.counter("c_total", "h").inc();
+        m.gauge("g", "gh").set(4);
+        let text = m.render_openmetrics();
+        assert!(text.contains("# TYPE c counter\n"), "{text}");
+        assert!(text.contains("c_total{connector=\"x\"} 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE g gauge\ng{connector=\"x\"} 4\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]
@@ -314,10 +314,23 @@ mod tests {
         h.observe(1.5);
         h.observe(3.0);
         let text = m.render();
-        assert!(text.contains("lat_bucket{le=\"1\"} 1"), "{text}");
-        assert!(text.contains("lat_bucket{le=\"2\"} 2"), "{text}");
+        assert!(text.contains("lat_bucket{le=\"1.0\"} 1"), "{text}");
+        assert!(text.contains("lat_bucket{le=\"2.0\"} 2"), "{text}");
         assert!(text.contains("lat_bucket{le=\"+Inf\"} 3"), "{text}");
-        assert!(text.contains("lat_count 3"), "{text}");
+        // prometheus-client writes an empty label set as `{}` (valid in both formats).
+        assert!(text.contains("lat_count{} 3"), "{text}");
+        assert!(text.contains("lat_sum{} 5.0"), "{text}");
+    }
+
+    #[test]
+    fn a_name_reused_for_another_kind_gets_a_detached_series() {
+        let m = Metrics::new();
+        m.counter("x_total", "h").inc();
+        let g = m.gauge("x_total", "h");
+        g.set(9);
+        assert_eq!(g.get(), 9);
+        assert!(m.render().contains("x_total{} 1"), "{}", m.render());
+        assert!(!m.render().contains(" 9"));
     }
 
     #[test]

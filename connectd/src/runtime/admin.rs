@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `GET /metrics` | Prometheus text format |
+//! | `GET /metrics` | OpenMetrics when `Accept` asks for it, else the Prometheus text format 0.0.4 |
 //! | `GET /health` | `200 ok` while no connector is `failed`, else `503` with the failed names |
 //! | `GET /connectors` | status of every connector (JSON) |
 //! | `GET /connectors/{name}` | status of one connector |
@@ -12,13 +12,14 @@
 //! With `admin.token` set, every route but `/health` needs `Authorization: Bearer <token>`.
 
 use axum::extract::{Path, Request, State as AxState};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use connector_core::config::Secret;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use super::status::{Control, State, StatusRegistry};
 
@@ -51,7 +52,7 @@ async fn auth(AxState(s): AxState<AppState>, req: Request, next: Next) -> Respon
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes()));
+        let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.expose().as_bytes())));
         if !ok {
             return (
                 StatusCode::UNAUTHORIZED,
@@ -63,22 +64,31 @@ async fn auth(AxState(s): AxState<AppState>, req: Request, next: Next) -> Respon
     next.run(req).await
 }
 
-/// Compares without an early exit on the first differing byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// `/metrics`: OpenMetrics when the scraper asks for it (Prometheus does, in `Accept`), the
+/// classic Prometheus text format otherwise.
+async fn metrics(AxState(s): AxState<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            s.status.metrics.render_openmetrics(),
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            s.status.metrics.render(),
+        )
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn metrics(AxState(s): AxState<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.status.metrics.render(),
-    )
 }
 
 async fn health(AxState(s): AxState<AppState>) -> Response {
@@ -145,11 +155,90 @@ async fn resume(AxState(s): AxState<AppState>, Path(name): Path<String>) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use connector_core::metrics::Metrics;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
 
-    #[test]
-    fn constant_time_eq_compares_whole_strings() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
+    async fn get(
+        router: &Router,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String, String) {
+        let mut req = Request::builder().uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = router
+            .clone()
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, ctype, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn registry() -> StatusRegistry {
+        let metrics = Metrics::new();
+        metrics
+            .with_label("connector", "c")
+            .counter("connectd_records_in_total", "Records read")
+            .add(7);
+        StatusRegistry::new(metrics)
+    }
+
+    #[tokio::test]
+    async fn the_token_guards_every_route_but_health() {
+        let router = router(registry(), Some(Secret::new("s3cret")));
+        assert_eq!(
+            get(&router, "/metrics", &[]).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let wrong = [("authorization", "Bearer s3cre")];
+        assert_eq!(
+            get(&router, "/metrics", &wrong).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let right = [("authorization", "Bearer s3cret")];
+        assert_eq!(get(&router, "/metrics", &right).await.0, StatusCode::OK);
+        assert_eq!(get(&router, "/connectors", &right).await.0, StatusCode::OK);
+        assert_eq!(get(&router, "/health", &[]).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn metrics_speak_openmetrics_to_whoever_asks_for_it() {
+        let router = router(registry(), None);
+        let (status, ctype, body) = get(&router, "/metrics", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+        assert!(
+            body.contains("# TYPE connectd_records_in_total counter"),
+            "{body}"
+        );
+        assert!(
+            body.contains("connectd_records_in_total{connector=\"c\"} 7"),
+            "{body}"
+        );
+        assert!(!body.contains("# EOF"), "{body}");
+        // What Prometheus sends.
+        let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let (_, ctype, body) = get(&router, "/metrics", &[("accept", accept)]).await;
+        assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+        assert!(
+            body.contains("# TYPE connectd_records_in counter"),
+            "{body}"
+        );
+        assert!(
+            body.contains("connectd_records_in_total{connector=\"c\"} 7"),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
     }
 }

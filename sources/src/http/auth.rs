@@ -8,6 +8,7 @@ use connector_core::metrics::Counter;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use subtle::ConstantTimeEq;
 
 use connectd_redis::RedisConn;
 
@@ -40,11 +41,6 @@ pub enum AuthResult {
 /// SHA-256 of a key, hex.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-/// Compares without an early exit.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Counters of the key cache.
@@ -143,7 +139,7 @@ impl Authenticator {
         // Static keys: compare every hash in constant time, no early exit.
         let mut found = None;
         for (h, info) in &self.static_keys {
-            if constant_time_eq(h.as_bytes(), hash.as_bytes()) {
+            if bool::from(h.as_bytes().ct_eq(hash.as_bytes())) {
                 found = Some(info.clone());
             }
         }
