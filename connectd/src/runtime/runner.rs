@@ -499,7 +499,8 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 enum Event {
     Shutdown,
     SlotDone(SlotDone),
-    Control,
+    /// The operator's control changed (false: its sender is gone, nothing changed).
+    Control(bool),
     /// A burst of records read from the consumer, and the error that ended it early.
     Records(Vec<Record>, Option<rdkafka::error::KafkaError>),
     /// A deadline passed or a worker/rebalance callback asked for a look.
@@ -753,7 +754,7 @@ impl Runner {
                 if changed.is_ok() {
                     self.operator_paused = *self.control.borrow_and_update() == Control::Pause;
                 }
-                Event::Control
+                Event::Control(changed.is_ok())
             }
             msg = self.consumer.recv(), if !hold => {
                 read_burst(&self.consumer, msg, &mut self.topic_names)
@@ -774,7 +775,8 @@ impl Runner {
                     return false;
                 }
             }
-            Event::Control => {
+            Event::Control(false) => {}
+            Event::Control(true) => {
                 self.handle.set_state(if self.operator_paused {
                     State::Paused
                 } else {
