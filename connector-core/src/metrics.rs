@@ -238,7 +238,8 @@ impl Metrics {
 
 /// The classic text format from OpenMetrics text: the two differ, for what this registry
 /// holds, only in the name a counter's `# HELP`/`# TYPE` lines give (`x_total` there, `x` in
-/// OpenMetrics) and the `# EOF` terminator. No crate renders both, hence these few lines.
+/// OpenMetrics) and the `# EOF` terminator; the bucket bound is also moved to the end of its
+/// labels, where connectd always had it. No crate renders both formats, hence these lines.
 fn classic_text(openmetrics: &str) -> String {
     let lines: Vec<&str> = openmetrics.lines().collect();
     let mut out = String::with_capacity(openmetrics.len() + 64);
@@ -263,10 +264,37 @@ fn classic_text(openmetrics: &str) -> String {
         } else {
             None
         };
-        out.push_str(renamed.as_deref().unwrap_or(line));
+        let line = renamed.unwrap_or_else(|| le_last(line));
+        out.push_str(&line);
         out.push('\n');
     }
     out
+}
+
+/// `x_bucket{le="0.1",connector="pg"} 3` → `x_bucket{connector="pg",le="0.1"} 3`: the order
+/// Prometheus' own clients write (the bound last), which queries do not care about but people
+/// reading or grepping the text do.
+fn le_last(line: &str) -> String {
+    let Some(open) = line.find("_bucket{le=\"") else {
+        return line.to_string();
+    };
+    let le_start = open + "_bucket{".len();
+    let after_value = line[le_start + 4..].find('"').map(|i| le_start + 4 + i + 1);
+    match after_value {
+        Some(le_end) if line[le_end..].starts_with(',') => match line[le_end..].find('}') {
+            Some(close) => {
+                let rest = &line[le_end + 1..le_end + close];
+                format!(
+                    "{}{rest},{}{}",
+                    &line[..le_start],
+                    &line[le_start..le_end],
+                    &line[le_end + close..]
+                )
+            }
+            None => line.to_string(),
+        },
+        _ => line.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -320,6 +348,29 @@ mod tests {
         // prometheus-client writes an empty label set as `{}` (valid in both formats).
         assert!(text.contains("lat_count{} 3"), "{text}");
         assert!(text.contains("lat_sum{} 5.0"), "{text}");
+    }
+
+    #[test]
+    fn the_bucket_bound_is_the_last_label_in_the_classic_text() {
+        let m = Metrics::new()
+            .with_label("connector", "pg")
+            .with_label("table", "t");
+        m.histogram("w", "h", &[0.5]).observe(0.1);
+        let text = m.render();
+        assert!(
+            text.contains("w_bucket{connector=\"pg\",table=\"t\",le=\"0.5\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("w_bucket{connector=\"pg\",table=\"t\",le=\"+Inf\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("w_count{connector=\"pg\",table=\"t\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(le_last("w_bucket{le=\"1.0\"} 2"), "w_bucket{le=\"1.0\"} 2");
+        assert_eq!(le_last("w_sum{} 2"), "w_sum{} 2");
     }
 
     #[test]
