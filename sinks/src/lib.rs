@@ -4,10 +4,13 @@
 //!   redelivery.
 //! * [`dlq`] — `dlq_sink`: dead letters into the `dead_letters` table.
 //! * [`postgres`] — `postgres_sink`: idempotent set-based writes with poison isolation.
+//! * [`aggregate`] — `aggregate`: event-time windows with watermarks merged into PostgreSQL
+//!   exactly once.
 //! * [`redis`] — `redis_sink`: counters, leaderboards, hashes and streams in Redis, exactly
 //!   once through a per-partition cursor.
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod dlq;
 pub mod file;
 pub mod postgres;
@@ -22,4 +25,5 @@ pub fn register_all(registry: &mut Registry) -> &mut Registry {
         .register_sink::<postgres::PostgresSinkPlugin>()
         .register_sink::<dlq::DlqSinkPlugin>()
         .register_sink::<redis::RedisSinkPlugin>()
+        .register_sink::<aggregate::AggregatePlugin>()
 }

@@ -24,6 +24,7 @@
 //! quoted; values are always bound parameters.
 
 pub mod mapping;
+pub mod offsets;
 pub mod sink;
 pub mod sql;
 

@@ -9,6 +9,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::PgPool;
 
 use super::mapping::{ColumnSpec, Mapping};
+use super::offsets;
 use super::sql::Conflict;
 
 /// How a database error is to be treated.
@@ -45,6 +46,17 @@ pub fn classify(e: &sqlx::Error) -> DbErrorClass {
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => DbErrorClass::Transient(e.to_string()),
         other => DbErrorClass::Fatal(other.to_string()),
+    }
+}
+
+/// A batch-level error from a database error: fatal ones stop the connector (it restarts with
+/// backoff), everything else is retried.
+pub fn batch_error(e: sqlx::Error) -> ConnectorError {
+    match classify(&e) {
+        DbErrorClass::Fatal(m) => ConnectorError::permanent("db_error", m),
+        DbErrorClass::Transient(m) | DbErrorClass::Data(_, m) => {
+            ConnectorError::retriable("db_unavailable", m)
+        }
     }
 }
 
@@ -162,12 +174,7 @@ impl PostgresSink {
     }
 
     fn transient(e: sqlx::Error) -> ConnectorError {
-        match classify(&e) {
-            DbErrorClass::Fatal(m) => ConnectorError::permanent("db_error", m),
-            DbErrorClass::Transient(m) | DbErrorClass::Data(_, m) => {
-                ConnectorError::retriable("db_unavailable", m)
-            }
-        }
+        batch_error(e)
     }
 
     async fn write_plain(
@@ -206,71 +213,23 @@ impl PostgresSink {
         rows: Vec<(usize, Row)>,
         outcomes: &mut [RecordOutcome],
     ) -> Result<u64, ConnectorError> {
-        let mut next: HashMap<(String, i32), i64> = HashMap::new();
-        for r in batch {
-            if let Some(o) = &r.origin {
-                let e = next
-                    .entry((o.topic.to_string(), o.partition))
-                    .or_insert(o.offset + 1);
-                *e = (*e).max(o.offset + 1);
-            }
-        }
-        let topics: Vec<String> = next.keys().map(|(t, _)| t.clone()).collect();
-        let parts: Vec<i32> = next.keys().map(|(_, p)| *p).collect();
-        let offs: Vec<i64> = next.values().copied().collect();
         let mut tx = self.pool.begin().await.map_err(Self::transient)?;
-        // Lock the partitions' offset rows (creating them) so a zombie writer serializes with us.
-        sqlx::query(
-            "INSERT INTO connectd_offsets (group_id, topic, partition, next_offset) \
-             SELECT $1, t, p, 0 FROM unnest($2::text[], $3::int[]) AS u(t, p) ON CONFLICT DO NOTHING",
-        )
-        .bind(&self.group_id)
-        .bind(&topics)
-        .bind(&parts)
-        .execute(&mut *tx)
-        .await
-        .map_err(Self::transient)?;
-        let stored: Vec<(String, i32, i64)> = sqlx::query_as(
-            "SELECT topic, partition, next_offset FROM connectd_offsets \
-             WHERE group_id = $1 AND (topic, partition) IN (SELECT * FROM unnest($2::text[], $3::int[])) FOR UPDATE",
-        )
-        .bind(&self.group_id)
-        .bind(&topics)
-        .bind(&parts)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(Self::transient)?;
-        let stored: HashMap<(String, i32), i64> =
-            stored.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        let claim = offsets::claim(&mut tx, &self.group_id, batch)
+            .await
+            .map_err(Self::transient)?;
         let before = rows.len();
         let rows: Vec<(usize, Row)> = rows
             .into_iter()
-            .filter(|(i, _)| {
-                batch[*i].origin.as_ref().is_none_or(|o| {
-                    o.offset
-                        >= stored
-                            .get(&(o.topic.to_string(), o.partition))
-                            .copied()
-                            .unwrap_or(0)
-                })
-            })
+            .filter(|(i, _)| claim.is_new(&batch[*i]))
             .collect();
         self.metrics
             .already_stored
             .add((before - rows.len()) as u64);
         let affected = self.write_bisecting(&mut tx, rows, true, outcomes).await?;
-        sqlx::query(
-            "UPDATE connectd_offsets o SET next_offset = GREATEST(o.next_offset, u.n), updated_at = now() \
-             FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(t, p, n) \
-             WHERE o.group_id = $1 AND o.topic = u.t AND o.partition = u.p",
-        )
-        .bind(&self.group_id)
-        .bind(&topics)
-        .bind(&parts)
-        .bind(&offs)
-        .execute(&mut *tx)
-        .await
-        .map_err(Self::transient)?;
+        claim
+            .store(&mut tx, &self.group_id)
+            .await
+            .map_err(Self::transient)?;
         tx.commit().await.map_err(Self::transient)?;
         Ok(affected)
     }
@@ -333,24 +292,10 @@ impl Sink for PostgresSink {
         if !self.exactly_once {
             return Ok(None);
         }
-        let topics: Vec<String> = partitions.iter().map(|p| p.topic.clone()).collect();
-        let parts: Vec<i32> = partitions.iter().map(|p| p.partition).collect();
-        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-            "SELECT topic, partition, next_offset FROM connectd_offsets \
-             WHERE group_id = $1 AND (topic, partition) IN (SELECT * FROM unnest($2::text[], $3::int[]))",
-        )
-        .bind(&self.group_id)
-        .bind(&topics)
-        .bind(&parts)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Self::transient)?;
-        Ok(Some(
-            rows.into_iter()
-                .filter(|(_, _, o)| *o > 0)
-                .map(|(topic, partition, o)| (TopicPartition { topic, partition }, o))
-                .collect(),
-        ))
+        offsets::read(&self.pool, &self.group_id, partitions)
+            .await
+            .map(Some)
+            .map_err(Self::transient)
     }
 
     fn status(&self) -> serde_json::Value {

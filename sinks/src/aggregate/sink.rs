@@ -1,0 +1,527 @@
+//! The write path of `aggregate`: one transaction per batch (watermark lock, offsets, members,
+//! merge, watermark, close, offsets), and a ticker that advances the watermark while no records
+//! arrive (idle partitions).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use connector_core::metrics::LATENCY_BUCKETS;
+use connector_core::prelude::*;
+use sqlx::postgres::PgConnection;
+use sqlx::{PgPool, Row};
+
+use super::partial::{open_windows, Acc, Extractor, Func, Partials};
+use super::sql::{statements, Statements};
+use super::watermark::{PartitionTime, Watermark};
+use super::window::Windows;
+use super::{AggregateConfig, LatePolicy};
+use crate::postgres::offsets;
+use crate::postgres::sink::batch_error;
+
+/// Counters and gauges of one connector (shared by its instances and its ticker).
+pub struct AggMetrics {
+    records: Counter,
+    merged: Counter,
+    late: Counter,
+    closed: Counter,
+    already_stored: Counter,
+    open: Gauge,
+    watermark_lag: Gauge,
+    latency: Histogram,
+}
+
+/// What the batch path and the ticker share.
+struct Shared {
+    pool: PgPool,
+    sql: Statements,
+    extractor: Extractor,
+    agg_names: Vec<String>,
+    windows: Windows,
+    lateness: i64,
+    idle_secs: f64,
+    late: LatePolicy,
+    group_id: String,
+    table: String,
+    metrics: AggMetrics,
+}
+
+/// The `aggregate` sink.
+pub struct AggregateSink {
+    shared: Arc<Shared>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn rfc3339(us: i64) -> String {
+    DateTime::from_timestamp_micros(us).map_or_else(|| format!("{us} µs"), |t| t.to_rfc3339())
+}
+
+fn partition_of(r: &Record) -> (String, i32) {
+    r.origin
+        .as_ref()
+        .map_or((String::new(), -1), |o| (o.topic.to_string(), o.partition))
+}
+
+impl AggregateSink {
+    /// Creates the tables (when `auto_create`) and starts the ticker on instance 0.
+    pub(super) async fn open(
+        config: AggregateConfig,
+        pool: PgPool,
+        ctx: SinkContext,
+    ) -> Result<Box<dyn Sink>, ConnectorError> {
+        let extractor = config.extractor();
+        let group: Vec<String> = config.group_by.keys().cloned().collect();
+        let aggs: Vec<(String, Func)> = config
+            .aggregates
+            .iter()
+            .map(|(n, a)| (n.clone(), a.func()))
+            .collect();
+        let sql = statements(&config.table, &group, &aggs);
+        if config.auto_create {
+            connectd_migrations::run(&pool)
+                .await
+                .map_err(|e| ConnectorError::retriable("migrate", e.to_string()))?;
+            for stmt in &sql.create {
+                sqlx::query(stmt)
+                    .execute(&pool)
+                    .await
+                    .map_err(batch_error)?;
+            }
+        }
+        let m = &ctx.metrics;
+        let shared = Arc::new(Shared {
+            pool,
+            sql,
+            extractor,
+            agg_names: aggs.into_iter().map(|(n, _)| n).collect(),
+            windows: config.windows(),
+            lateness: super::micros(&config.allowed_lateness),
+            idle_secs: config.idle_timeout.as_std().as_secs_f64(),
+            late: config.late_events,
+            group_id: ctx.group_id.clone(),
+            table: config.table.clone(),
+            metrics: AggMetrics {
+                records: m.counter(
+                    "connectd_agg_records_total",
+                    "Events aggregated into windows",
+                ),
+                merged: m.counter(
+                    "connectd_agg_rows_merged_total",
+                    "Window rows inserted or updated",
+                ),
+                late: m.with_label("policy", config.late_events.as_str()).counter(
+                    "connectd_agg_late_events_total",
+                    "Events that arrived after their window closed, by late_events policy",
+                ),
+                closed: m.counter(
+                    "connectd_agg_windows_closed_total",
+                    "Window rows closed by the watermark",
+                ),
+                already_stored: m.counter(
+                    "connectd_agg_already_stored_total",
+                    "Records skipped because their offset was already stored",
+                ),
+                open: m.gauge("connectd_agg_open_windows", "Window rows not closed yet"),
+                watermark_lag: m.gauge(
+                    "connectd_agg_watermark_lag_seconds",
+                    "Now minus the connector's watermark",
+                ),
+                latency: m.histogram(
+                    "connectd_agg_write_seconds",
+                    "Batch transaction latency",
+                    LATENCY_BUCKETS,
+                ),
+            },
+        });
+        // One ticker per process (instance 0); the instance built only to read offsets
+        // (instance == instances) has none.
+        let ticker = (ctx.instance == 0).then(|| {
+            let shared = shared.clone();
+            let mut shutdown = ctx.shutdown.clone();
+            let every = config.tick.as_std();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.wait() => break,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    if let Err(e) = shared.tick().await {
+                        tracing::warn!(table = %shared.table, error = %e, "aggregate: watermark tick failed");
+                    }
+                }
+            })
+        });
+        Ok(Box::new(AggregateSink { shared, ticker }))
+    }
+}
+
+impl Shared {
+    /// Locks the connector's watermark row (creating it) and loads the watermark with the
+    /// partitions' state.
+    async fn load_watermark(&self, tx: &mut PgConnection) -> Result<Watermark, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO connectd_agg_watermarks (group_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.group_id)
+        .execute(&mut *tx)
+        .await?;
+        let w: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT watermark FROM connectd_agg_watermarks WHERE group_id = $1 FOR UPDATE",
+        )
+        .bind(&self.group_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows: Vec<(String, i32, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
+            "SELECT topic, partition, max_event_ts, last_record_at < now() - make_interval(secs => $2) \
+             FROM connectd_agg_partitions WHERE group_id = $1",
+        )
+        .bind(&self.group_id)
+        .bind(self.idle_secs)
+        .fetch_all(&mut *tx)
+        .await?;
+        let parts = rows
+            .into_iter()
+            .map(|(t, p, max, idle)| {
+                let max = max.map(|m| m.timestamp_micros());
+                ((t, p), PartitionTime { max, idle })
+            })
+            .collect();
+        Ok(Watermark::new(
+            parts,
+            self.lateness,
+            w.map(|t| t.timestamp_micros()),
+        ))
+    }
+
+    /// Stores a watermark that moved forward and closes the windows it passed.
+    async fn store_watermark(
+        &self,
+        tx: &mut PgConnection,
+        old: Option<i64>,
+        new: Option<i64>,
+    ) -> Result<(), sqlx::Error> {
+        let Some(wm) = new
+            .filter(|_| new > old)
+            .and_then(DateTime::from_timestamp_micros)
+        else {
+            return Ok(());
+        };
+        sqlx::query("UPDATE connectd_agg_watermarks SET watermark = $2, updated_at = now() WHERE group_id = $1")
+            .bind(&self.group_id)
+            .bind(wm)
+            .execute(&mut *tx)
+            .await?;
+        let closed = sqlx::query(&self.sql.close)
+            .bind(wm)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.metrics.closed.add(closed);
+        if let (Some(forget), true) = (&self.sql.forget_members, self.late != LatePolicy::Update) {
+            if let Some(before) = new
+                .map(|w| w - self.windows.size())
+                .and_then(DateTime::from_timestamp_micros)
+            {
+                sqlx::query(forget).bind(before).execute(&mut *tx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Advances the watermark while no batch does (idle partitions) and refreshes the gauges.
+    async fn tick(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let wm = self.load_watermark(&mut tx).await?;
+        let (old, w) = (wm.stored(), wm.current());
+        self.store_watermark(&mut tx, old, w).await?;
+        tx.commit().await?;
+        let open: i64 = sqlx::query_scalar(&self.sql.open_rows)
+            .fetch_one(&self.pool)
+            .await?;
+        self.metrics.open.set(open);
+        self.set_lag(w);
+        Ok(())
+    }
+
+    fn set_lag(&self, w: Option<i64>) {
+        if let Some(w) = w {
+            let now = Utc::now().timestamp_micros();
+            self.metrics.watermark_lag.set((now - w) / 1_000_000);
+        }
+    }
+
+    /// Inserts the batch's distinct members; fills each row's `Acc::Distinct` with the number
+    /// that were new to the table.
+    async fn insert_members(
+        &self,
+        tx: &mut PgConnection,
+        partials: &mut Partials,
+    ) -> Result<(), sqlx::Error> {
+        let (Some(sql), false) = (&self.sql.members, partials.members.is_empty()) else {
+            return Ok(());
+        };
+        let n_group = self.extractor.group_by.len();
+        let mut starts = Vec::with_capacity(partials.members.len());
+        let mut groups: Vec<Vec<&str>> = vec![Vec::with_capacity(partials.members.len()); n_group];
+        let mut names = Vec::with_capacity(partials.members.len());
+        let mut members = Vec::with_capacity(partials.members.len());
+        for (start, group, agg, member) in &partials.members {
+            starts.push(DateTime::from_timestamp_micros(*start).unwrap_or_default());
+            for (g, v) in groups.iter_mut().zip(group) {
+                g.push(v.as_str());
+            }
+            names.push(self.agg_names[*agg].as_str());
+            members.push(member.as_str());
+        }
+        let mut q = sqlx::query(sql).bind(starts);
+        for g in groups {
+            q = q.bind(g);
+        }
+        let rows = q.bind(names).bind(members).fetch_all(&mut *tx).await?;
+        for row in rows {
+            let start: DateTime<Utc> = row.try_get(0)?;
+            let mut group = Vec::with_capacity(n_group);
+            for i in 0..n_group {
+                group.push(row.try_get::<String, _>(1 + i)?);
+            }
+            let agg: String = row.try_get(1 + n_group)?;
+            let new: i64 = row.try_get(2 + n_group)?;
+            let idx = self.agg_names.iter().position(|n| *n == agg);
+            if let (Some(accs), Some(idx)) = (
+                partials.rows.get_mut(&(start.timestamp_micros(), group)),
+                idx,
+            ) {
+                accs[idx] = Acc::Distinct(new);
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges the partial rows (one statement).
+    async fn merge(&self, tx: &mut PgConnection, partials: &Partials) -> Result<u64, sqlx::Error> {
+        if partials.rows.is_empty() {
+            return Ok(0);
+        }
+        let n = partials.rows.len();
+        let n_group = self.extractor.group_by.len();
+        let size = self.windows.size();
+        let mut starts = Vec::with_capacity(n);
+        let mut ends = Vec::with_capacity(n);
+        let mut groups: Vec<Vec<&str>> = vec![Vec::with_capacity(n); n_group];
+        let mut ints: Vec<Vec<i64>> = vec![Vec::new(); self.agg_names.len()];
+        let mut nums: Vec<Vec<Option<String>>> = vec![Vec::new(); self.agg_names.len()];
+        for ((start, group), accs) in &partials.rows {
+            starts.push(DateTime::from_timestamp_micros(*start).unwrap_or_default());
+            ends.push(
+                DateTime::from_timestamp_micros(start.saturating_add(size)).unwrap_or_default(),
+            );
+            for (g, v) in groups.iter_mut().zip(group) {
+                g.push(v.as_str());
+            }
+            for (i, a) in accs.iter().enumerate() {
+                match a {
+                    Acc::Count(c) | Acc::Distinct(c) => ints[i].push(*c),
+                    Acc::Num(v) => nums[i].push(v.map(|d| d.to_string())),
+                }
+            }
+        }
+        let mut q = sqlx::query(&self.sql.merge).bind(starts).bind(ends);
+        for g in groups {
+            q = q.bind(g);
+        }
+        for f in self.extractor.funcs.iter().enumerate() {
+            q = match f {
+                (i, Func::Count | Func::CountDistinct(_)) => q.bind(std::mem::take(&mut ints[i])),
+                (i, _) => q.bind(std::mem::take(&mut nums[i])),
+            };
+        }
+        Ok(q.execute(&mut *tx).await?.rows_affected())
+    }
+
+    /// Records the partitions' largest event times (and that they delivered just now).
+    async fn touch_partitions(
+        &self,
+        tx: &mut PgConnection,
+        max_ts: &HashMap<(String, i32), Option<i64>>,
+    ) -> Result<(), sqlx::Error> {
+        let mut keys: Vec<(&(String, i32), &Option<i64>)> = max_ts.iter().collect();
+        keys.sort();
+        let topics: Vec<&str> = keys.iter().map(|((t, _), _)| t.as_str()).collect();
+        let parts: Vec<i32> = keys.iter().map(|((_, p), _)| *p).collect();
+        let times: Vec<Option<DateTime<Utc>>> = keys
+            .iter()
+            .map(|(_, t)| t.and_then(DateTime::from_timestamp_micros))
+            .collect();
+        sqlx::query(
+            "INSERT INTO connectd_agg_partitions AS p (group_id, topic, partition, max_event_ts, last_record_at) \
+             SELECT $1, t, n, m, now() FROM unnest($2::text[], $3::int[], $4::timestamptz[]) AS u(t, n, m) \
+             ON CONFLICT (group_id, topic, partition) DO UPDATE \
+             SET max_event_ts = GREATEST(p.max_event_ts, excluded.max_event_ts), last_record_at = now()",
+        )
+        .bind(&self.group_id)
+        .bind(topics)
+        .bind(parts)
+        .bind(times)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn write(&self, batch: &[Record]) -> Result<Vec<RecordOutcome>, ConnectorError> {
+        let mut outcomes = vec![RecordOutcome::Delivered; batch.len()];
+        let mut events = Vec::with_capacity(batch.len());
+        for (i, r) in batch.iter().enumerate() {
+            let parsed = r
+                .value_json()
+                .map_err(|e| ConnectorError::permanent("invalid_json", e.to_string()))
+                .and_then(|v| self.extractor.event(&v));
+            match parsed {
+                Ok(e) => events.push((i, e)),
+                Err(e) => outcomes[i] = RecordOutcome::Permanent(e),
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(batch_error)?;
+        let mut wm = self.load_watermark(&mut tx).await.map_err(batch_error)?;
+        let claim = offsets::claim(&mut tx, &self.group_id, batch)
+            .await
+            .map_err(batch_error)?;
+        let mut partials = Partials::default();
+        let mut max_ts: HashMap<(String, i32), Option<i64>> = HashMap::new();
+        let (mut counted, mut late) = (0u64, 0u64);
+        let mut events = events.into_iter().peekable();
+        for (i, r) in batch.iter().enumerate() {
+            let event = match events.peek() {
+                Some((j, _)) if *j == i => events.next().map(|(_, e)| e),
+                _ => None,
+            };
+            if !claim.is_new(r) {
+                continue;
+            }
+            let part = partition_of(r);
+            let Some(e) = event else {
+                // Poison: the partition delivered something, with no event time.
+                wm.observe(&part, None);
+                max_ts.entry(part).or_insert(None);
+                continue;
+            };
+            // Late or not is decided against the watermark *before* this record.
+            let watermark = wm.current();
+            let (open, closed) = open_windows(self.windows, e.ts, watermark);
+            let into: Vec<i64> = if self.late == LatePolicy::Update {
+                self.windows.starts(e.ts).collect()
+            } else {
+                open
+            };
+            if closed > 0 && (self.late == LatePolicy::Update || into.is_empty()) {
+                late += 1;
+            }
+            if into.is_empty() {
+                if self.late == LatePolicy::Dlq {
+                    outcomes[i] = RecordOutcome::Permanent(ConnectorError::permanent(
+                        "late",
+                        format!(
+                            "event time {} is behind the watermark {}: its window closed (table {})",
+                            rfc3339(e.ts),
+                            watermark.map(rfc3339).unwrap_or_default(),
+                            self.table
+                        ),
+                    ));
+                }
+            } else if let Err(err) = partials.add(&self.extractor.funcs, &into, &e) {
+                outcomes[i] = RecordOutcome::Permanent(err);
+                wm.observe(&part, None);
+                max_ts.entry(part).or_insert(None);
+                continue;
+            } else {
+                counted += 1;
+            }
+            wm.observe(&part, Some(e.ts));
+            let m = max_ts.entry(part).or_insert(None);
+            *m = Some(m.map_or(e.ts, |x| x.max(e.ts)));
+        }
+        self.insert_members(&mut tx, &mut partials)
+            .await
+            .map_err(batch_error)?;
+        let merged = self.merge(&mut tx, &partials).await.map_err(batch_error)?;
+        self.touch_partitions(&mut tx, &max_ts)
+            .await
+            .map_err(batch_error)?;
+        let w = wm.current();
+        self.store_watermark(&mut tx, wm.stored(), w)
+            .await
+            .map_err(batch_error)?;
+        claim
+            .store(&mut tx, &self.group_id)
+            .await
+            .map_err(batch_error)?;
+        tx.commit().await.map_err(batch_error)?;
+        let m = &self.metrics;
+        m.records.add(counted);
+        m.merged.add(merged);
+        m.late.add(late);
+        m.already_stored
+            .add(batch.iter().filter(|r| !claim.is_new(r)).count() as u64);
+        self.set_lag(w);
+        Ok(outcomes)
+    }
+}
+
+#[async_trait]
+impl Sink for AggregateSink {
+    async fn write(&mut self, batch: &[Record]) -> Result<Vec<RecordOutcome>, ConnectorError> {
+        let started = Instant::now();
+        let out = self.shared.write(batch).await;
+        self.shared
+            .metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        out
+    }
+
+    async fn stored_offsets(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<Option<HashMap<TopicPartition, i64>>, ConnectorError> {
+        let s = &self.shared;
+        // A partition just assigned holds the watermark until it delivers or goes idle.
+        let topics: Vec<&str> = partitions.iter().map(|p| p.topic.as_str()).collect();
+        let parts: Vec<i32> = partitions.iter().map(|p| p.partition).collect();
+        sqlx::query(
+            "INSERT INTO connectd_agg_partitions AS p (group_id, topic, partition) \
+             SELECT $1, t, n FROM unnest($2::text[], $3::int[]) AS u(t, n) \
+             ON CONFLICT (group_id, topic, partition) DO UPDATE SET last_record_at = GREATEST(p.last_record_at, now())",
+        )
+        .bind(&s.group_id)
+        .bind(topics)
+        .bind(parts)
+        .execute(&s.pool)
+        .await
+        .map_err(batch_error)?;
+        offsets::read(&s.pool, &s.group_id, partitions)
+            .await
+            .map(Some)
+            .map_err(batch_error)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let m = &self.shared.metrics;
+        serde_json::json!({
+            "table": self.shared.table,
+            "late_events": self.shared.late.as_str(),
+            "events_aggregated": m.records.get(),
+            "rows_merged": m.merged.get(),
+            "late_events_seen": m.late.get(),
+            "windows_closed": m.closed.get(),
+            "open_windows": m.open.get(),
+            "watermark_lag_seconds": m.watermark_lag.get(),
+        })
+    }
+
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+}
