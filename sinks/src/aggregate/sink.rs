@@ -194,30 +194,31 @@ impl Shared {
         ))
     }
 
-    /// Stores a watermark that moved forward and closes the windows it passed.
+    /// Stores a watermark that moved forward and closes the open rows it passed (also rows a
+    /// late event just created under `late_events: update`).
     async fn store_watermark(
         &self,
         tx: &mut PgConnection,
         old: Option<i64>,
         new: Option<i64>,
     ) -> Result<(), sqlx::Error> {
-        let Some(wm) = new
-            .filter(|_| new > old)
-            .and_then(DateTime::from_timestamp_micros)
-        else {
+        let Some(wm) = new.and_then(DateTime::from_timestamp_micros) else {
             return Ok(());
         };
-        sqlx::query("UPDATE connectd_agg_watermarks SET watermark = $2, updated_at = now() WHERE group_id = $1")
-            .bind(&self.group_id)
-            .bind(wm)
-            .execute(&mut *tx)
-            .await?;
         let closed = sqlx::query(&self.sql.close)
             .bind(wm)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         self.metrics.closed.add(closed);
+        if new <= old {
+            return Ok(());
+        }
+        sqlx::query("UPDATE connectd_agg_watermarks SET watermark = $2, updated_at = now() WHERE group_id = $1")
+            .bind(&self.group_id)
+            .bind(wm)
+            .execute(&mut *tx)
+            .await?;
         if let (Some(forget), true) = (&self.sql.forget_members, self.late != LatePolicy::Update) {
             if let Some(before) = new
                 .map(|w| w - self.windows.size())
