@@ -77,7 +77,8 @@ while :; do
   ROWS=$(psql_q "SELECT count(*) FROM growth_events WHERE source = '$RUN'")
   DEAD=$(psql_q "SELECT count(*) FROM dead_letters WHERE payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%'")
   COUNTED=$(( $(redis_q GET events:total) - REDIS_TOTAL_BEFORE ))
-  [ $((ROWS + DEAD)) -ge "$ACCEPTED" ] && [ "$COUNTED" -ge "$ACCEPTED" ] && break
+  PER_MINUTE=$(psql_q "SELECT coalesce(sum(events), 0) FROM event_counts_per_minute WHERE source = '$RUN'")
+  [ $((ROWS + DEAD)) -ge "$ACCEPTED" ] && [ "$COUNTED" -ge "$ACCEPTED" ] && [ "$PER_MINUTE" -ge "$ACCEPTED" ] && break
   [ $((SECONDS - DRAIN_START)) -ge "$DRAIN_SECONDS" ] && break
   sleep 0.5
 done
@@ -86,6 +87,7 @@ sleep 1
 ROWS=$(psql_q "SELECT count(*) FROM growth_events WHERE source = '$RUN'")
 DEAD=$(psql_q "SELECT count(*) FROM dead_letters WHERE payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%'")
 COUNTED=$(( $(redis_q GET events:total) - REDIS_TOTAL_BEFORE ))
+PER_MINUTE=$(psql_q "SELECT coalesce(sum(events), 0) FROM event_counts_per_minute WHERE source = '$RUN'")
 DUPS=$(curl -s "http://$CONNECTD_ADMIN/connectors/dedup" | python3 -c 'import json,sys;print(json.load(sys.stdin)["details"].get("duplicates_dropped",0))')
 SENT=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["events_sent"])')
 INVALID=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["invalid_events_sent"])')
@@ -94,6 +96,7 @@ ok() { [ "$1" -eq "$2" ] && echo OK || echo MISMATCH; }
 CHECK_ROWS=$(ok $((ROWS + DEAD)) "$ACCEPTED")
 CHECK_DEAD=$(ok "$DEAD" "$POISON")
 CHECK_REDIS=$(ok "$COUNTED" "$ACCEPTED")
+CHECK_MINUTE=$(ok "$PER_MINUTE" "$ACCEPTED")
 TODAY=$(date -u +%F)
 
 cat <<SUMMARY
@@ -110,12 +113,17 @@ check: rows + dead letters == accepted          : $((ROWS + DEAD)) == $ACCEPTED 
 check: dead letters == poison accepted          : $DEAD == $POISON  $CHECK_DEAD
 events counted in Redis by redis_sink (activity): $COUNTED
 check: events counted in Redis == accepted      : $COUNTED == $ACCEPTED  $CHECK_REDIS
+events in event_counts_per_minute (aggregate)   : $PER_MINUTE
+check: events counted per minute == accepted    : $PER_MINUTE == $ACCEPTED  $CHECK_MINUTE
 
 top purchasers today in Redis (ZREVRANGE leaderboard:purchase:$TODAY, all runs):
 $(redis_q ZREVRANGE "leaderboard:purchase:$TODAY" 0 4 WITHSCORES | paste - - | awk '{printf "  %s  %s\n", $2, $1}')
 
-daily active users (this run):
-$(psql "$DATABASE_URL" -c "SELECT date_trunc('day', event_ts)::date AS day, count(DISTINCT user_id) AS active_users FROM growth_events WHERE source = '$RUN' GROUP BY 1 ORDER BY 1")
+busiest minutes of this run (event_counts_per_minute; closed = the watermark passed the minute):
+$(psql "$DATABASE_URL" -c "SELECT to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') AS minute_utc, event_type, events, users, closed FROM event_counts_per_minute WHERE source = '$RUN' ORDER BY events DESC, 1, 2 LIMIT 5")
+
+daily active users (daily_active, all runs, UTC days):
+$(psql "$DATABASE_URL" -c "SELECT (window_start AT TIME ZONE 'UTC')::date AS day, active_users, events, closed FROM daily_active ORDER BY 1 DESC LIMIT 3")
 
 connectd keeps running (pid $(cat .dev/connectd.pid)):
   admin   http://$CONNECTD_ADMIN/connectors   http://$CONNECTD_ADMIN/metrics
@@ -124,4 +132,5 @@ connectd keeps running (pid $(cat .dev/connectd.pid)):
 SUMMARY
 [ "$CHECK_ROWS" = OK ] || die "rows + dead letters ($((ROWS + DEAD))) != distinct events accepted ($ACCEPTED) after ${DRAIN_SECONDS}s; connectd log: .dev/connectd.log"
 [ "$CHECK_REDIS" = OK ] || die "events counted by redis_sink ($COUNTED) != distinct events accepted ($ACCEPTED); connectd log: .dev/connectd.log"
+[ "$CHECK_MINUTE" = OK ] || die "events counted per minute by the aggregate ($PER_MINUTE) != distinct events accepted ($ACCEPTED); connectd log: .dev/connectd.log"
 [ "$CHECK_DEAD" = OK ] || die "dead letters ($DEAD) != poison events accepted ($POISON); connectd log: .dev/connectd.log"

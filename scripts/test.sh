@@ -33,7 +33,7 @@ if [ "$DEMO_RC" -ne 0 ]; then
   echo "FAILED: scripts/demo.sh exited $DEMO_RC (connectd log: .dev/connectd.log)" >&2
   exit 1
 fi
-for check in "rows + dead letters == accepted" "dead letters == poison accepted" "events counted in Redis == accepted"; do
+for check in "rows + dead letters == accepted" "dead letters == poison accepted" "events counted in Redis == accepted" "events counted per minute == accepted"; do
   if ! grep -F "check: ${check} " "$DEMO_OUT" | grep -Eq ': [0-9]+ == [0-9]+  OK$'; then
     echo "FAILED: the demo's summary has no OK line for '${check}'" >&2
     exit 1
