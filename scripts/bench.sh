@@ -182,6 +182,33 @@ YAML
   redis-cli -u "$REDIS_URL" --no-auth-warning --scan --pattern "rsb$S:*" | xargs -r redis-cli -u "$REDIS_URL" --no-auth-warning UNLINK >/dev/null
   redis-cli -u "$REDIS_URL" --no-auth-warning --scan --pattern "connectd:cursor:activity:$S-rs:*" | xargs -r redis-cli -u "$REDIS_URL" --no-auth-warning UNLINK >/dev/null
 
+  # -- aggregate: 1M events of 10k users over 10 minutes into one-minute windows by user
+  #    (100k window rows, all still open at the end: allowed_lateness 1h), count + sum
+  "$KB" envelopes --topic "$S-agg" --count "$COUNT" --groups 10000 --minutes 10 >/dev/null
+  cat >"$OUT_DIR/aggregate.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+connectors:
+  - name: agg$S
+    type: aggregate
+    input: $S-agg
+    group_id: $S-agg
+    database_url: \${DATABASE_URL}
+    table: agg_$S
+    window: { tumbling: 1m }
+    group_by: { user_id: /user_id }
+    aggregates: { events: count, amount: { sum: /payload/amount } }
+    allowed_lateness: 1h
+    max_in_flight: 2
+    batch: { max_records: 10000, linger: 50ms }
+YAML
+  consume_bench "$OUT_DIR/aggregate.yaml" "$S-agg" "$COUNT" "$S-agg" aggregate
+  agg=$(psql_q "SELECT sum(events) || ' ' || count(*) || ' ' || count(*) FILTER (WHERE NOT closed) FROM agg_$S")
+  read -r agg_events agg_rows agg_open <<<"$agg"
+  [ "$agg_events" -eq "$COUNT" ] || echo "WARNING: aggregate counted $agg_events of $COUNT" >&2
+  record aggregate_rows "{\"events\": $agg_events, \"rows\": $agg_rows, \"open_rows\": $agg_open}"
+  psql_q "DROP TABLE agg_$S" >/dev/null
+
   # -- http_source alone: 100-event requests
   cat >"$OUT_DIR/http.yaml" <<YAML
 kafka: { brokers: \${KAFKA_BROKERS} }

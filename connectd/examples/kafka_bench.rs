@@ -5,6 +5,7 @@
 //! kafka_bench consume  --topic T --count N                                 # read N from the start
 //! kafka_bench wait-group --group G --topic T --count N                     # until G committed N records
 //! kafka_bench envelopes --topic T --count N [--dup-ratio 0.2]                # growth-event envelopes
+//!                       [--groups 10000 --minutes 10]                        # ... users and rising times
 //! kafka_bench pg-ceiling --rows N --conns C --method copy|unnest             # Postgres from memory
 //! kafka_bench redis-ceiling --keys N                                        # pipelined SET NX EX
 //! kafka_bench redis-ops-ceiling --records N                                 # pipelined ZINCRBY + XADD
@@ -57,6 +58,12 @@ enum Cmd {
         dup_ratio: f64,
         #[arg(long, default_value_t = 6)]
         partitions: i32,
+        /// For the aggregate benchmark: this many distinct users, event times rising through
+        /// `--minutes` minutes from 2026-11-24T10:00Z (0: the usual envelopes).
+        #[arg(long, default_value_t = 0)]
+        groups: u64,
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
     },
     PgCeiling {
         #[arg(long, env = "DATABASE_URL")]
@@ -190,6 +197,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             count,
             dup_ratio,
             partitions,
+            groups,
+            minutes,
         } => {
             let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
                 .set("bootstrap.servers", &args.brokers)
@@ -221,7 +230,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     (i * 7919) % distinct
                 };
-                let value = envelope(&tag, n);
+                let value = if groups > 0 {
+                    timed_envelope(&tag, n, count, groups, minutes)
+                } else {
+                    envelope(&tag, n)
+                };
                 let key = format!("{:012x}", n % 10_000);
                 let mut rec = BaseRecord::to(&topic).key(&key).payload(&value);
                 loop {
@@ -403,6 +416,22 @@ fn envelope(tag: &str, n: u64) -> String {
         n % 60,
         (n / 60) % 60,
         n % 50
+    )
+}
+
+/// An envelope of user `n % groups` whose event time rises with `n` through `minutes` minutes
+/// (`count` records in all): the aggregate benchmark's input.
+fn timed_envelope(tag: &str, n: u64, count: u64, groups: u64, minutes: u64) -> String {
+    let secs = n * minutes * 60 / count.max(1);
+    format!(
+        "{{\"idempotency_key\":\"bench-{tag}-{n}\",\"source\":\"bench\",\"event_type\":\"{}\",\"user_id\":\"u{}\",\"event_ts\":\"2026-11-24T{:02}:{:02}:{:02}Z\",\"payload\":{{\"amount\":{}.{:02}}}}}",
+        ["page_view", "signup", "purchase"][(n % 3) as usize],
+        n % groups,
+        10 + secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        n % 500,
+        n % 100
     )
 }
 

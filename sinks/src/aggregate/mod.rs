@@ -39,14 +39,18 @@
 //! counted in those of its windows that are still open; `drop`/`dlq` apply when none is.
 //!
 //! # Exactly once
-//! Every batch is one transaction that (1) locks the connector's watermark row (batches of one
-//! connector commit one at a time, across slots and processes), (2) locks its partitions' rows
-//! in `connectd_offsets` and skips records at offsets already stored, (3) inserts the distinct
-//! members and merges the partial aggregates of the batch (`INSERT … ON CONFLICT DO UPDATE SET
-//! n = n + excluded.n`), (4) records the partitions' event times, moves the watermark and closes
-//! windows, and (5) stores the next offsets. On assignment the runtime seeks to the stored
-//! offsets. No state lives only in memory: after a kill -9 the open windows are the table's open
-//! rows, the watermark is `connectd_agg_watermarks`, and nothing is counted twice or lost.
+//! Every batch is one transaction that locks its partitions' rows in `connectd_offsets` and
+//! skips records at offsets already stored, inserts the distinct members and merges the
+//! partial aggregates of the batch (`INSERT … ON CONFLICT DO UPDATE SET n = n + excluded.n`,
+//! rows in key order), records the partitions' event times, moves the watermark
+//! (`connectd_agg_watermarks`, locked) and stores the next offsets. On assignment the runtime
+//! seeks to the stored offsets. No state lives only in memory: after a kill -9 the open
+//! windows are the table's open rows, the watermark and the partitions' times are in the
+//! tables, and nothing is counted twice or lost. Under `late_events: drop` or `dlq` an event's
+//! fate depends on the watermark, so a batch locks the watermark row *first* and the batches
+//! of a connector commit one at a time (across slots and processes); under `update` they merge
+//! in parallel and lock it only at the end. Rows are marked `closed` right after the commit
+//! (and by the ticker), outside the watermark lock.
 //!
 //! # Distinct counts
 //! `count_distinct` is exact: its members are stored in `<table>_members` (one row per window,
@@ -244,11 +248,9 @@ impl AggregateConfig {
     }
 
     fn extractor(&self) -> Extractor {
-        Extractor {
-            time: self.time.clone(),
-            group_by: self.group_by.values().cloned().collect(),
-            funcs: self.aggregates.values().map(AggregateSpec::func).collect(),
-        }
+        let group_by: Vec<String> = self.group_by.values().cloned().collect();
+        let funcs = self.aggregates.values().map(AggregateSpec::func).collect();
+        Extractor::new(&self.time, &group_by, funcs)
     }
 }
 
@@ -400,7 +402,7 @@ mod tests {
         );
         assert_eq!(c.aggregates["events"], AggregateSpec::Count);
         assert_eq!(c.late_events, LatePolicy::Update);
-        assert_eq!(c.extractor().group_by, vec!["/event_type".to_string()]);
+        assert_eq!(c.extractor().group_by[0].to_string(), "/event_type");
     }
 
     #[test]

@@ -157,21 +157,35 @@ impl AggregateSink {
 }
 
 impl Shared {
-    /// Locks the connector's watermark row (creating it) and loads the watermark with the
-    /// partitions' state.
-    async fn load_watermark(&self, tx: &mut PgConnection) -> Result<Watermark, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO connectd_agg_watermarks (group_id) VALUES ($1) ON CONFLICT DO NOTHING",
-        )
-        .bind(&self.group_id)
-        .execute(&mut *tx)
-        .await?;
-        let w: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT watermark FROM connectd_agg_watermarks WHERE group_id = $1 FOR UPDATE",
-        )
-        .bind(&self.group_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    /// Loads the watermark with the partitions' state; with `lock`, locks the connector's
+    /// watermark row first (creating it), so no other transaction moves it until we commit.
+    async fn load_watermark(
+        &self,
+        tx: &mut PgConnection,
+        lock: bool,
+    ) -> Result<Watermark, sqlx::Error> {
+        let w: Option<DateTime<Utc>> = if lock {
+            sqlx::query(
+                "INSERT INTO connectd_agg_watermarks (group_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            )
+            .bind(&self.group_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query_scalar(
+                "SELECT watermark FROM connectd_agg_watermarks WHERE group_id = $1 FOR UPDATE",
+            )
+            .bind(&self.group_id)
+            .fetch_one(&mut *tx)
+            .await?
+        } else {
+            sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+                "SELECT watermark FROM connectd_agg_watermarks WHERE group_id = $1",
+            )
+            .bind(&self.group_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten()
+        };
         let rows: Vec<(String, i32, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
             "SELECT topic, partition, max_event_ts, last_record_at < now() - make_interval(secs => $2) \
              FROM connectd_agg_partitions WHERE group_id = $1",
@@ -194,37 +208,50 @@ impl Shared {
         ))
     }
 
-    /// Stores a watermark that moved forward and closes the open rows it passed (also rows a
-    /// late event just created under `late_events: update`).
-    async fn store_watermark(
+    /// Stores a watermark that moved forward (the row is locked by this transaction).
+    async fn save_watermark(
         &self,
         tx: &mut PgConnection,
-        old: Option<i64>,
-        new: Option<i64>,
+        wm: &Watermark,
     ) -> Result<(), sqlx::Error> {
-        let Some(wm) = new.and_then(DateTime::from_timestamp_micros) else {
+        let Some(t) = wm
+            .current()
+            .filter(|_| wm.current() > wm.stored())
+            .and_then(DateTime::from_timestamp_micros)
+        else {
+            return Ok(());
+        };
+        sqlx::query("UPDATE connectd_agg_watermarks SET watermark = $2, updated_at = now() WHERE group_id = $1")
+            .bind(&self.group_id)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the open rows the watermark passed closed (also rows a late event created under
+    /// `late_events: update`) and, under `drop`/`dlq`, forgets their members. Its own
+    /// statements, after the commit that moved the watermark, never while holding the
+    /// watermark row: a batch may hold window rows while it waits for that row, and closing
+    /// needs the window rows. Lateness is decided by the watermark, not by this flag, so a
+    /// close that happens a moment later (or after a crash, on the next batch or tick) changes
+    /// no figure.
+    async fn close_windows(&self, w: Option<i64>) -> Result<(), sqlx::Error> {
+        let Some(t) = w.and_then(DateTime::from_timestamp_micros) else {
             return Ok(());
         };
         let closed = sqlx::query(&self.sql.close)
-            .bind(wm)
-            .execute(&mut *tx)
+            .bind(t)
+            .execute(&self.pool)
             .await?
             .rows_affected();
         self.metrics.closed.add(closed);
-        if new <= old {
-            return Ok(());
-        }
-        sqlx::query("UPDATE connectd_agg_watermarks SET watermark = $2, updated_at = now() WHERE group_id = $1")
-            .bind(&self.group_id)
-            .bind(wm)
-            .execute(&mut *tx)
-            .await?;
         if let (Some(forget), true) = (&self.sql.forget_members, self.late != LatePolicy::Update) {
-            if let Some(before) = new
+            if let Some(before) = w
                 .map(|w| w - self.windows.size())
                 .and_then(DateTime::from_timestamp_micros)
             {
-                sqlx::query(forget).bind(before).execute(&mut *tx).await?;
+                sqlx::query(forget).bind(before).execute(&self.pool).await?;
             }
         }
         Ok(())
@@ -233,15 +260,15 @@ impl Shared {
     /// Advances the watermark while no batch does (idle partitions) and refreshes the gauges.
     async fn tick(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let wm = self.load_watermark(&mut tx).await?;
-        let (old, w) = (wm.stored(), wm.current());
-        self.store_watermark(&mut tx, old, w).await?;
+        let wm = self.load_watermark(&mut tx, true).await?;
+        self.save_watermark(&mut tx, &wm).await?;
         tx.commit().await?;
+        self.close_windows(wm.current()).await?;
         let open: i64 = sqlx::query_scalar(&self.sql.open_rows)
             .fetch_one(&self.pool)
             .await?;
         self.metrics.open.set(open);
-        self.set_lag(w);
+        self.set_lag(wm.current());
         Ok(())
     }
 
@@ -267,8 +294,20 @@ impl Shared {
         let mut groups: Vec<Vec<&str>> = vec![Vec::with_capacity(partials.members.len()); n_group];
         let mut names = Vec::with_capacity(partials.members.len());
         let mut members = Vec::with_capacity(partials.members.len());
-        for (start, group, agg, member) in &partials.members {
+        // In key order, as every batch does: concurrent batches lock shared rows in the same
+        // order and cannot deadlock.
+        let mut sorted: Vec<&(i64, u32, usize, String)> = partials.members.iter().collect();
+        sorted.sort_by(|a, b| {
+            (a.0, &partials.groups[a.1 as usize], a.2, &a.3).cmp(&(
+                b.0,
+                &partials.groups[b.1 as usize],
+                b.2,
+                &b.3,
+            ))
+        });
+        for (start, gid, agg, member) in sorted {
             starts.push(DateTime::from_timestamp_micros(*start).unwrap_or_default());
+            let group = &partials.groups[*gid as usize];
             for (g, v) in groups.iter_mut().zip(group) {
                 g.push(v.as_str());
             }
@@ -289,10 +328,10 @@ impl Shared {
             let agg: String = row.try_get(1 + n_group)?;
             let new: i64 = row.try_get(2 + n_group)?;
             let idx = self.agg_names.iter().position(|n| *n == agg);
-            if let (Some(accs), Some(idx)) = (
-                partials.rows.get_mut(&(start.timestamp_micros(), group)),
-                idx,
-            ) {
+            let key = partials
+                .group_id(&group)
+                .map(|g| (start.timestamp_micros(), g));
+            if let (Some(accs), Some(idx)) = (key.and_then(|k| partials.rows.get_mut(&k)), idx) {
                 accs[idx] = Acc::Distinct(new);
             }
         }
@@ -312,7 +351,13 @@ impl Shared {
         let mut groups: Vec<Vec<&str>> = vec![Vec::with_capacity(n); n_group];
         let mut ints: Vec<Vec<i64>> = vec![Vec::new(); self.agg_names.len()];
         let mut nums: Vec<Vec<Option<String>>> = vec![Vec::new(); self.agg_names.len()];
-        for ((start, group), accs) in &partials.rows {
+        let mut sorted: Vec<(&(i64, u32), &Vec<Acc>)> = partials.rows.iter().collect();
+        sorted.sort_by(|a, b| {
+            (a.0 .0, &partials.groups[a.0 .1 as usize])
+                .cmp(&(b.0 .0, &partials.groups[b.0 .1 as usize]))
+        });
+        for ((start, gid), accs) in sorted {
+            let group = &partials.groups[*gid as usize];
             starts.push(DateTime::from_timestamp_micros(*start).unwrap_or_default());
             ends.push(
                 DateTime::from_timestamp_micros(start.saturating_add(size)).unwrap_or_default(),
@@ -382,11 +427,31 @@ impl Shared {
                 Err(e) => outcomes[i] = RecordOutcome::Permanent(e),
             }
         }
+        // Under `drop`/`dlq` an event's fate depends on the watermark, so the batches of the
+        // connector take the watermark row first and commit one at a time. Under `update` a
+        // late event is merged anyway: the batches merge in parallel (rows in key order, so
+        // they never deadlock) and take the watermark row only at the end to move it.
+        let serial = self.late != LatePolicy::Update;
         let mut tx = self.pool.begin().await.map_err(batch_error)?;
-        let mut wm = self.load_watermark(&mut tx).await.map_err(batch_error)?;
+        let mut wm = if serial {
+            Some(
+                self.load_watermark(&mut tx, true)
+                    .await
+                    .map_err(batch_error)?,
+            )
+        } else {
+            None
+        };
         let claim = offsets::claim(&mut tx, &self.group_id, batch)
             .await
             .map_err(batch_error)?;
+        let mut wm = match wm.take() {
+            Some(w) => w,
+            None => self
+                .load_watermark(&mut tx, false)
+                .await
+                .map_err(batch_error)?,
+        };
         let mut partials = Partials::default();
         let mut max_ts: HashMap<(String, i32), Option<i64>> = HashMap::new();
         let (mut counted, mut late) = (0u64, 0u64);
@@ -408,7 +473,8 @@ impl Shared {
             };
             // Late or not is decided against the watermark *before* this record.
             let watermark = wm.current();
-            let (open, closed) = open_windows(self.windows, e.ts, watermark);
+            let ts = e.ts;
+            let (open, closed) = open_windows(self.windows, ts, watermark);
             let into: Vec<i64> = if self.late == LatePolicy::Update {
                 self.windows.starts(e.ts).collect()
             } else {
@@ -429,7 +495,7 @@ impl Shared {
                         ),
                     ));
                 }
-            } else if let Err(err) = partials.add(&self.extractor.funcs, &into, &e) {
+            } else if let Err(err) = partials.add(&self.extractor.funcs, &into, e) {
                 outcomes[i] = RecordOutcome::Permanent(err);
                 wm.observe(&part, None);
                 max_ts.entry(part).or_insert(None);
@@ -437,9 +503,9 @@ impl Shared {
             } else {
                 counted += 1;
             }
-            wm.observe(&part, Some(e.ts));
+            wm.observe(&part, Some(ts));
             let m = max_ts.entry(part).or_insert(None);
-            *m = Some(m.map_or(e.ts, |x| x.max(e.ts)));
+            *m = Some(m.map_or(ts, |x| x.max(ts)));
         }
         self.insert_members(&mut tx, &mut partials)
             .await
@@ -448,8 +514,14 @@ impl Shared {
         self.touch_partitions(&mut tx, &max_ts)
             .await
             .map_err(batch_error)?;
-        let w = wm.current();
-        self.store_watermark(&mut tx, wm.stored(), w)
+        if !serial {
+            // Fresh: the other slots' partitions as committed, ours as just written.
+            wm = self
+                .load_watermark(&mut tx, true)
+                .await
+                .map_err(batch_error)?;
+        }
+        self.save_watermark(&mut tx, &wm)
             .await
             .map_err(batch_error)?;
         claim
@@ -457,6 +529,11 @@ impl Shared {
             .await
             .map_err(batch_error)?;
         tx.commit().await.map_err(batch_error)?;
+        let w = wm.current();
+        if let Err(e) = self.close_windows(w).await {
+            // The batch is stored; the next batch or tick closes these windows.
+            tracing::warn!(table = %self.table, error = %e, "aggregate: closing windows failed");
+        }
         let m = &self.metrics;
         m.records.add(counted);
         m.merged.add(merged);

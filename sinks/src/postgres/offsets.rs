@@ -18,7 +18,9 @@ pub struct OffsetClaim {
     topics: Vec<String>,
     parts: Vec<i32>,
     next: Vec<i64>,
-    stored: HashMap<(String, i32), i64>,
+    /// (topic, partition, stored next offset): a batch spans a few partitions, so a scan
+    /// beats hashing a freshly allocated key per record.
+    stored: Vec<(String, i32, i64)>,
 }
 
 /// Locks (creating them) the offset rows of the partitions in `batch` and reads them.
@@ -65,7 +67,7 @@ pub async fn claim(
         topics,
         parts,
         next,
-        stored: stored.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+        stored,
     })
 }
 
@@ -73,12 +75,12 @@ impl OffsetClaim {
     /// False when an earlier transaction already stored this record's effect.
     pub fn is_new(&self, record: &Record) -> bool {
         record.origin.as_ref().is_none_or(|o| {
-            o.offset
-                >= self
-                    .stored
-                    .get(&(o.topic.to_string(), o.partition))
-                    .copied()
-                    .unwrap_or(0)
+            let stored = self
+                .stored
+                .iter()
+                .find(|(t, p, _)| *p == o.partition && **t == *o.topic)
+                .map_or(0, |(_, _, n)| *n);
+            o.offset >= stored
         })
     }
 
