@@ -128,7 +128,10 @@ async fn out_of_order_events_land_once_and_late_ones_follow_each_policy() {
             &input,
             &t_update,
             "{ tumbling: 1m }",
-            &extra("update")
+            &format!(
+                "{}    output: {input}-closed\n    tick: 200ms\n",
+                extra("update")
+            )
         ),
         aggregate_yaml(&drp, &input, &t_drop, "{ tumbling: 1m }", &extra("drop")),
         aggregate_yaml(&dlq, &input, &t_dlq, "{ tumbling: 1m }", &extra("dlq")),
@@ -205,6 +208,29 @@ async fn out_of_order_events_land_once_and_late_ones_follow_each_policy() {
         let d = read_all(&format!("{input}-dlq-{name}"), 1, Duration::from_secs(30)).await;
         assert_eq!(d.len(), 1, "{name}: only the poison record: {d:?}");
     }
+    // Closed windows are published, keyed by window and group; the correction of the late
+    // event is published again, so the last record of the key has the final figures. The
+    // windows still open are not published.
+    let closed = read_all(&format!("{input}-closed"), 1, Duration::from_secs(30)).await;
+    assert!(
+        !closed.is_empty(),
+        "nothing published; log:\n{}",
+        c.log_text()
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(&closed[closed.len() - 1].value).expect("json");
+    let want = serde_json::json!({
+        "window_start": "2026-11-24T10:00:00+00:00", "window_end": "2026-11-24T10:01:00+00:00",
+        "event_type": "a", "events": 4, "revenue": 11.5, "cheapest": 1, "priciest": 5.5,
+        "users": 4, "closed": true
+    });
+    assert_eq!(last, want, "{closed:?}");
+    assert!(
+        closed.iter().all(|r| r
+            .value
+            .contains("\"window_start\" : \"2026-11-24T10:00:00+00:00\"")),
+        "only the closed window is published: {closed:?}"
+    );
     let (_, m) = c.get("/metrics").await;
     let late = |c: &str, p: &str| {
         format!("connectd_agg_late_events_total{{connector=\"{c}\",policy=\"{p}\"}}")

@@ -55,6 +55,18 @@ pub struct SinkContext {
     pub instance: usize,
     /// How many instances of this connector write at once in this process.
     pub instances: usize,
+    /// The `output` topic and a producer for it, when the connector block names one (only
+    /// for plugins with [`SinkPlugin::OUTPUT`](crate::SinkPlugin::OUTPUT)).
+    pub output: Option<SinkOutput>,
+}
+
+/// Where a sink publishes derived records: [`SinkContext::output`].
+#[derive(Clone)]
+pub struct SinkOutput {
+    /// The connector's `output` topic.
+    pub topic: String,
+    /// Produces to it; resolves after the broker acknowledged every record.
+    pub emitter: Arc<dyn Emitter>,
 }
 
 impl SinkContext {
@@ -72,7 +84,14 @@ impl SinkContext {
             shutdown,
             instance: 0,
             instances: 1,
+            output: None,
         }
+    }
+
+    /// Sets the `output` topic and its emitter.
+    pub fn with_output(mut self, output: SinkOutput) -> Self {
+        self.output = Some(output);
+        self
     }
 
     /// Sets which instance this is, of how many.

@@ -90,7 +90,7 @@ mod shutdown;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use context::{Emitter, SinkContext, SourceContext, TransformContext};
+pub use context::{Emitter, SinkContext, SinkOutput, SourceContext, TransformContext};
 pub use error::{ConfigIssue, ConnectorError, EmitError, ErrorKind};
 pub use plugin::{
     Output, RecordOutcome, Sink, SinkPlugin, Source, SourcePlugin, TopicPartition, Transform,
@@ -115,8 +115,8 @@ pub mod prelude {
     pub use crate::metrics::{Counter, Gauge, Histogram, Metrics};
     pub use crate::{
         async_trait, Bytes, ConfigIssue, ConnectorError, Emitter, ErrorKind, Headers, Origin,
-        Output, Record, RecordOutcome, Registry, Shutdown, Sink, SinkContext, SinkPlugin, Source,
-        SourceContext, SourcePlugin, TopicPartition, Transform, TransformContext, TransformOutcome,
-        TransformPlugin,
+        Output, Record, RecordOutcome, Registry, Shutdown, Sink, SinkContext, SinkOutput,
+        SinkPlugin, Source, SourceContext, SourcePlugin, TopicPartition, Transform,
+        TransformContext, TransformOutcome, TransformPlugin,
     };
 }

@@ -189,6 +189,11 @@ pub trait SinkPlugin: Send + Sync + 'static {
     /// in memory): `connectd validate` refuses `max_in_flight` above 1 for it, and an unset
     /// `max_in_flight` becomes 1 instead of the default 2.
     const SINGLE_INSTANCE: bool = false;
+    /// True when the sink may publish derived records (e.g. `aggregate`'s closed windows) to
+    /// an optional `output` topic: the connector block then accepts `output`, and the sink
+    /// finds the topic and an [`Emitter`](crate::Emitter) in
+    /// [`SinkContext::output`](crate::SinkContext::output). Other sinks refuse `output`.
+    const OUTPUT: bool = false;
 
     /// Pure checks beyond the schema (no I/O). All problems at once.
     fn validate(_config: &Self::Config) -> Result<(), Vec<ConfigIssue>> {

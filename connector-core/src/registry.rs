@@ -113,6 +113,7 @@ pub struct PluginDescriptor {
     parse: fn(serde_json::Value) -> Result<ErasedConfig, Vec<ConfigIssue>>,
     builder: Builder,
     single_instance: bool,
+    sink_output: bool,
 }
 
 impl fmt::Debug for PluginDescriptor {
@@ -174,6 +175,7 @@ impl PluginDescriptor {
                 Box::pin(async move { P::build(downcast::<P::Config>(&cfg, P::TYPE)?, ctx).await })
             }),
             single_instance: P::SINGLE_INSTANCE,
+            sink_output: P::OUTPUT,
         }
     }
 
@@ -188,6 +190,7 @@ impl PluginDescriptor {
                 Box::pin(async move { P::build(downcast::<P::Config>(&cfg, P::TYPE)?, ctx).await })
             }),
             single_instance: false,
+            sink_output: false,
         }
     }
 
@@ -202,6 +205,7 @@ impl PluginDescriptor {
                 Box::pin(async move { P::build(downcast::<P::Config>(&cfg, P::TYPE)?, &ctx).await })
             }),
             single_instance: false,
+            sink_output: false,
         }
     }
 
@@ -227,6 +231,12 @@ impl PluginDescriptor {
     /// True when the plugin allows one instance at a time ([`SinkPlugin::SINGLE_INSTANCE`]).
     pub fn single_instance(&self) -> bool {
         self.single_instance
+    }
+
+    /// True for a sink that may publish derived records to an `output` topic
+    /// ([`SinkPlugin::OUTPUT`]); sources and transforms always have one.
+    pub fn sink_output(&self) -> bool {
+        self.sink_output
     }
 
     /// The settings the runtime adds to every block of this plugin's kind.

@@ -63,6 +63,12 @@ pub fn connector_schema(plugin: &PluginDescriptor) -> Result<Value, String> {
         "enabled".into(),
         json!({"type": "boolean", "default": true, "description": "Run this connector (false keeps it declared but stopped)."}),
     );
+    if plugin.kind() == ConnectorKind::Sink && plugin.sink_output() {
+        properties.insert(
+            "output".into(),
+            json!({"type": "string", "pattern": TOPIC_PATTERN, "description": "Optional topic the sink publishes derived records to (see the plugin)."}),
+        );
+    }
     if plugin.kind() != ConnectorKind::Sink {
         properties.insert(
             "output".into(),

@@ -4,7 +4,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connector_core::metrics::Metrics;
-use connector_core::{ConnectorKind, Shutdown, SinkContext, SourceContext, TransformContext};
+use connector_core::{
+    ConnectorKind, Shutdown, SinkContext, SinkOutput, SourceContext, TransformContext,
+};
 
 use super::kafka::{ProducerEmitter, SharedProducer};
 use super::runner::{self, RunnerParams};
@@ -125,13 +127,24 @@ async fn run_once(
             let mut instances = Vec::with_capacity(slots);
             for slot in 0..slots {
                 let instance = if kind == ConnectorKind::Sink {
-                    let ctx = SinkContext::new(
+                    let mut ctx = SinkContext::new(
                         spec.name.clone(),
                         consumer.group(&spec.name),
                         metrics.clone(),
                         env.shutdown.clone(),
                     )
                     .with_instance(slot, slots);
+                    if let Some(topic) = &spec.output {
+                        ctx = ctx.with_output(SinkOutput {
+                            topic: topic.clone(),
+                            emitter: Arc::new(ProducerEmitter {
+                                producer: env.producer.clone(),
+                                output_topic: topic.clone(),
+                                ack_timeout: Duration::from_secs(10),
+                                shutdown: env.shutdown.clone(),
+                            }),
+                        });
+                    }
                     Instance::Sink(
                         spec.plugin
                             .build_sink(spec.config.clone(), ctx)

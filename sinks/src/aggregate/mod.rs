@@ -67,7 +67,15 @@
 //! for `sum`/`min`/`max`, or with text PostgreSQL cannot store goes to the dead-letter topic
 //! with its reason; the others of the batch are aggregated.
 //!
-//! Not built yet: publishing closed windows to an output topic (read `WHERE closed` instead).
+//! # Closed windows on a topic (`output`)
+//! With `output: <topic>`, closed rows are also published there as JSON (`window_start`,
+//! `window_end`, the group and aggregate columns, `closed: true`), keyed by
+//! `<window_start>/<group values…>` — a changelog a compacted topic can keep. The ticker
+//! publishes closed rows whose `published` flag is false, oldest first, and sets the flag after
+//! the broker acknowledged them; a late event merged into a closed row clears the flag, so the
+//! corrected row is published again under the same key. At least once: a crash between the
+//! acknowledgement and the flag publishes a row twice (same key, same figures). One process at
+//! a time publishes (a transaction-level advisory lock).
 
 pub mod partial;
 pub mod sink;
@@ -230,7 +238,13 @@ fn default_statement_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
-const RESERVED_COLUMNS: &[&str] = &["window_start", "window_end", "closed", "updated_at"];
+const RESERVED_COLUMNS: &[&str] = &[
+    "window_start",
+    "window_end",
+    "closed",
+    "updated_at",
+    "published",
+];
 
 fn micros(d: &Duration) -> i64 {
     i64::try_from(d.as_std().as_micros()).unwrap_or(i64::MAX)
@@ -269,6 +283,7 @@ pub struct AggregatePlugin;
 #[async_trait]
 impl SinkPlugin for AggregatePlugin {
     const TYPE: &'static str = "aggregate";
+    const OUTPUT: bool = true;
     const DESCRIPTION: &'static str = "Event-time windows (tumbling, hopping) with watermarks: count, sum, min, max, exact count_distinct, merged into PostgreSQL exactly once";
     type Config = AggregateConfig;
 
@@ -365,7 +380,11 @@ impl SinkPlugin for AggregatePlugin {
             .map_err(|e: sqlx::Error| {
                 ConnectorError::permanent("bad_database_url", e.to_string())
             })?;
-        let options = options.options([("statement_timeout", timeout_ms.to_string())]);
+        // UTC: the JSON of published windows renders times in the session's zone.
+        let options = options.options([
+            ("statement_timeout", timeout_ms.to_string()),
+            ("timezone", "UTC".to_string()),
+        ]);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(config.pool_size)
             .acquire_timeout(StdDuration::from_secs(5))

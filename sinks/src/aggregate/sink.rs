@@ -30,6 +30,7 @@ pub struct AggMetrics {
     open: Gauge,
     watermark_lag: Gauge,
     latency: Histogram,
+    published: Counter,
 }
 
 /// What the batch path and the ticker share.
@@ -52,6 +53,9 @@ pub struct AggregateSink {
     shared: Arc<Shared>,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// Closed rows published per round trip.
+const PUBLISH_CHUNK: i64 = 5_000;
 
 fn rfc3339(us: i64) -> String {
     DateTime::from_timestamp_micros(us).map_or_else(|| format!("{us} µs"), |t| t.to_rfc3339())
@@ -77,7 +81,7 @@ impl AggregateSink {
             .iter()
             .map(|(n, a)| (n.clone(), a.func()))
             .collect();
-        let sql = statements(&config.table, &group, &aggs);
+        let sql = statements(&config.table, &group, &aggs, ctx.output.is_some());
         if config.auto_create {
             connectd_migrations::run(&pool)
                 .await
@@ -127,6 +131,10 @@ impl AggregateSink {
                     "connectd_agg_watermark_lag_seconds",
                     "Now minus the connector's watermark",
                 ),
+                published: m.counter(
+                    "connectd_agg_windows_published_total",
+                    "Closed window rows published to the output topic (again after a late correction)",
+                ),
                 latency: m.histogram(
                     "connectd_agg_write_seconds",
                     "Batch transaction latency",
@@ -138,6 +146,7 @@ impl AggregateSink {
         // (instance == instances) has none.
         let ticker = (ctx.instance == 0).then(|| {
             let shared = shared.clone();
+            let output = ctx.output.clone();
             let mut shutdown = ctx.shutdown.clone();
             let every = config.tick.as_std();
             tokio::spawn(async move {
@@ -148,6 +157,11 @@ impl AggregateSink {
                     }
                     if let Err(e) = shared.tick().await {
                         tracing::warn!(table = %shared.table, error = %e, "aggregate: watermark tick failed");
+                    }
+                    if let Some(out) = &output {
+                        if let Err(e) = shared.publish(out).await {
+                            tracing::warn!(table = %shared.table, topic = %out.topic, error = %e, "aggregate: publishing closed windows failed");
+                        }
                     }
                 }
             })
@@ -269,6 +283,51 @@ impl Shared {
             .await?;
         self.metrics.open.set(open);
         self.set_lag(wm.current());
+        Ok(())
+    }
+
+    /// Publishes closed rows not published yet to the `output` topic, then flags them.
+    async fn publish(&self, out: &SinkOutput) -> Result<(), String> {
+        let (Some(select), Some(mark)) = (&self.sql.unpublished, &self.sql.mark_published) else {
+            return Ok(());
+        };
+        for _ in 0..20 {
+            let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
+            let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+                .bind(format!("connectd-aggregate-publish:{}", self.group_id))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !mine {
+                return Ok(());
+            }
+            let rows: Vec<(String, String, String)> = sqlx::query_as(select)
+                .bind(PUBLISH_CHUNK)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let n = rows.len();
+            let mut ctids = Vec::with_capacity(n);
+            let mut records = Vec::with_capacity(n);
+            for (ctid, key, json) in rows {
+                ctids.push(ctid);
+                records.push(Output::new(Record::new(json).with_key(key)));
+            }
+            out.emitter.emit(records).await.map_err(|e| e.to_string())?;
+            sqlx::query(mark)
+                .bind(ctids)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            self.metrics.published.add(n as u64);
+            if n < PUBLISH_CHUNK as usize {
+                return Ok(());
+            }
+        }
         Ok(())
     }
 
@@ -591,6 +650,7 @@ impl Sink for AggregateSink {
             "rows_merged": m.merged.get(),
             "late_events_seen": m.late.get(),
             "windows_closed": m.closed.get(),
+            "windows_published": m.published.get(),
             "open_windows": m.open.get(),
             "watermark_lag_seconds": m.watermark_lag.get(),
         })

@@ -27,6 +27,13 @@ pub struct Statements {
     pub forget_members: Option<String>,
     /// Number of open rows.
     pub open_rows: String,
+    /// With an `output` topic: up to `$1` closed rows not published yet (or changed by a late
+    /// event since), oldest window first, as `(ctid, key, JSON)`; the key is
+    /// `<window_start>/<group values…>`.
+    pub unpublished: Option<String>,
+    /// With an `output` topic: marks the rows read by `unpublished` (ctids `$1`) published,
+    /// unless a late event changed them since (an update gives a row a new ctid).
+    pub mark_published: Option<String>,
 }
 
 /// Postgres type of an aggregate column.
@@ -43,7 +50,12 @@ fn index_name(table: &str, suffix: &str) -> String {
 }
 
 /// Builds the statements. `group` and `aggs` are column names, in order.
-pub fn statements(table: &str, group: &[String], aggs: &[(String, Func)]) -> Statements {
+pub fn statements(
+    table: &str,
+    group: &[String],
+    aggs: &[(String, Func)],
+    output: bool,
+) -> Statements {
     let t = quote_table(table);
     let members_t = quote_table(&format!("{table}_members"));
     let g: Vec<String> = group.iter().map(|c| quote(c)).collect();
@@ -61,6 +73,15 @@ pub fn statements(table: &str, group: &[String], aggs: &[(String, Func)]) -> Sta
         "CREATE INDEX IF NOT EXISTS {} ON {t} (window_end) WHERE NOT closed",
         index_name(table, "open")
     ));
+    create.push(format!(
+        "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS published boolean NOT NULL DEFAULT false"
+    ));
+    if output {
+        create.push(format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} (window_end) WHERE closed AND NOT published",
+            index_name(table, "unpublished")
+        ));
+    }
     let distinct = aggs
         .iter()
         .any(|(_, f)| matches!(f, Func::CountDistinct(_)));
@@ -92,6 +113,7 @@ pub fn statements(table: &str, group: &[String], aggs: &[(String, Func)]) -> Sta
             Func::Max(_) => format!("{c} = GREATEST(a.{c}, excluded.{c})"),
         })
         .chain(std::iter::once("updated_at = now()".to_string()))
+        .chain(output.then(|| "published = false".to_string()))
         .collect();
     let merge = format!(
         "INSERT INTO {t} AS a (window_start, window_end{gcols}{}) SELECT * FROM unnest({}) \
@@ -114,7 +136,29 @@ pub fn statements(table: &str, group: &[String], aggs: &[(String, Func)]) -> Sta
     });
     let forget_members =
         distinct.then(|| format!("DELETE FROM {members_t} WHERE window_start <= $1"));
+    let json_fields: String = ["window_start", "window_end"]
+        .iter()
+        .map(|c| format!("'{c}', {c}"))
+        .chain(
+            group
+                .iter()
+                .chain(aggs.iter().map(|(n, _)| n))
+                .map(|c| format!("'{c}', {}", quote(c))),
+        )
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unpublished = output.then(|| {
+        format!(
+            "SELECT ctid::text, concat_ws('/', to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'){gcols}), \
+             json_build_object({json_fields}, 'closed', true)::text \
+             FROM {t} WHERE closed AND NOT published ORDER BY window_end LIMIT $1"
+        )
+    });
+    let mark_published = output
+        .then(|| format!("UPDATE {t} SET published = true WHERE ctid = ANY($1::text[]::tid[])"));
     Statements {
+        unpublished,
+        mark_published,
         create,
         merge,
         members,
@@ -141,6 +185,7 @@ mod tests {
                 ("cheapest".into(), Func::Min("/amount".into())),
                 ("users".into(), Func::CountDistinct("/user_id".into())),
             ],
+            true,
         );
         assert!(s.merge.starts_with("INSERT INTO \"app\".\"per_minute\" AS a (window_start, window_end, \"event_type\", \"events\", \"revenue\", \"cheapest\", \"users\") SELECT * FROM unnest($1::timestamptz[], $2::timestamptz[], $3::text[], $4::bigint[], $5::text[]::numeric[], $6::text[]::numeric[], $7::bigint[])"), "{}", s.merge);
         assert!(s
@@ -150,7 +195,13 @@ mod tests {
         assert!(s
             .merge
             .contains("ON CONFLICT (window_start, \"event_type\")"));
-        assert_eq!(s.create.len(), 3);
+        assert_eq!(s.create.len(), 5);
+        assert!(
+            s.merge.ends_with("updated_at = now(), published = false"),
+            "{}",
+            s.merge
+        );
+        assert!(s.unpublished.as_deref().is_some_and(|q| q.contains("json_build_object('window_start', window_start, 'window_end', window_end, 'event_type', \"event_type\", 'events', \"events\"")));
         assert!(s.create[1].contains("\"per_minute_open\" ON \"app\".\"per_minute\""));
         assert!(s.members.as_deref().is_some_and(
             |m| m.contains("unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[])")
@@ -163,9 +214,10 @@ mod tests {
 
     #[test]
     fn without_distinct_counts_there_is_no_members_table() {
-        let s = statements("t", &[], &[("n".into(), Func::Count)]);
-        assert_eq!(s.create.len(), 2);
+        let s = statements("t", &[], &[("n".into(), Func::Count)], false);
+        assert_eq!(s.create.len(), 3);
         assert!(s.members.is_none() && s.forget_members.is_none());
+        assert!(s.unpublished.is_none() && s.mark_published.is_none());
         assert!(s.merge.contains("ON CONFLICT (window_start) DO UPDATE SET \"n\" = a.\"n\" + excluded.\"n\", updated_at = now()"));
     }
 }
