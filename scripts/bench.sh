@@ -203,6 +203,8 @@ connectors:
     batch: { max_records: 10000, linger: 50ms }
 YAML
   consume_bench "$OUT_DIR/aggregate.yaml" "$S-agg" "$COUNT" "$S-agg" aggregate
+  # Its PostgreSQL side alone: the same partials merged from memory, 2 connections.
+  record agg_ceiling "$("$KB" agg-ceiling --records "$COUNT" --groups 10000 --minutes 10 --batch 10000 --conns 2)"
   agg=$(psql_q "SELECT sum(events) || ' ' || count(*) || ' ' || count(*) FILTER (WHERE NOT closed) FROM agg_$S")
   read -r agg_events agg_rows agg_open <<<"$agg"
   [ "$agg_events" -eq "$COUNT" ] || echo "WARNING: aggregate counted $agg_events of $COUNT" >&2

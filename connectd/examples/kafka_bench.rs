@@ -7,6 +7,7 @@
 //! kafka_bench envelopes --topic T --count N [--dup-ratio 0.2]                # growth-event envelopes
 //!                       [--groups 10000 --minutes 10]                        # ... users and rising times
 //! kafka_bench pg-ceiling --rows N --conns C --method copy|unnest             # Postgres from memory
+//! kafka_bench agg-ceiling --records N [--groups 10000 --minutes 10]         # aggregate upserts from memory
 //! kafka_bench redis-ceiling --keys N                                        # pipelined SET NX EX
 //! kafka_bench redis-ops-ceiling --records N                                 # pipelined ZINCRBY + XADD
 //! ```
@@ -94,6 +95,23 @@ enum Cmd {
         records: u64,
         #[arg(long, default_value_t = 2000)]
         pipeline: usize,
+    },
+    /// The aggregate benchmark's PostgreSQL side alone: the same events folded in memory per
+    /// `batch` records into (minute, user) partials, merged with the aggregate sink's upsert
+    /// (`ON CONFLICT DO UPDATE SET n = n + excluded.n`, keys in order), `conns` in parallel.
+    AggCeiling {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long)]
+        records: u64,
+        #[arg(long, default_value_t = 10_000)]
+        groups: u64,
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value_t = 10_000)]
+        batch: u64,
+        #[arg(long, default_value_t = 2)]
+        conns: u64,
     },
     WaitGroup {
         #[arg(long)]
@@ -257,6 +275,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             method,
             batch,
         } => pg_ceiling(&database_url, rows, conns, &method, batch).await?,
+        Cmd::AggCeiling {
+            database_url,
+            records,
+            groups,
+            minutes,
+            batch,
+            conns,
+        } => agg_ceiling(&database_url, records, groups, minutes, batch, conns).await?,
         Cmd::RedisCeiling {
             redis_url,
             keys,
@@ -433,6 +459,87 @@ fn timed_envelope(tag: &str, n: u64, count: u64, groups: u64, minutes: u64) -> S
         n % 500,
         n % 100
     )
+}
+
+async fn agg_ceiling(
+    url: &str,
+    records: u64,
+    groups: u64,
+    minutes: u64,
+    batch: u64,
+    conns: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(conns as u32)
+        .connect(url)
+        .await?;
+    let table = format!("bench_agg_ceiling_{}", std::process::id());
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (window_start timestamptz NOT NULL, window_end timestamptz NOT NULL, user_id text NOT NULL, \
+         events bigint, amount numeric, closed boolean NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now(), \
+         published boolean NOT NULL DEFAULT false, PRIMARY KEY (window_start, user_id)) WITH (fillfactor = 70)"
+    ))
+    .execute(&pool)
+    .await?;
+    sqlx::query(&format!(
+        "CREATE INDEX ON {table} (window_end) WHERE NOT closed"
+    ))
+    .execute(&pool)
+    .await?;
+    let sql = format!(
+        "INSERT INTO {table} AS a (window_start, window_end, user_id, events, amount) \
+         SELECT * FROM unnest($1::timestamptz[], $2::timestamptz[], $3::text[], $4::bigint[], $5::text[]::numeric[]) \
+         ON CONFLICT (window_start, user_id) DO UPDATE SET events = a.events + excluded.events, \
+         amount = coalesce(a.amount + excluded.amount, a.amount, excluded.amount), updated_at = now()"
+    );
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (pool, sql) = (pool.clone(), sql.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each connection takes the users of one share of the partitions, as the sink's
+            // slots do (the benchmark's topic is keyed by user), folding `batch` of its records
+            // at a time: (minute, user) -> (count, sum in cents).
+            let mine: Vec<u64> = (0..records).filter(|n| (n % groups) % conns == c).collect();
+            for chunk in mine.chunks(batch as usize) {
+                let mut rows: BTreeMap<(i64, u64), (i64, i64)> = BTreeMap::new();
+                for &n in chunk {
+                    let secs = (n * minutes * 60 / records.max(1)) as i64;
+                    let minute = 1_795_514_400 + secs / 60 * 60; // 2026-11-24T10:00Z
+                    let e = rows.entry((minute, n % groups)).or_default();
+                    e.0 += 1;
+                    e.1 += ((n % 500) * 100 + n % 100) as i64;
+                }
+                let ts = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap_or_default();
+                let starts: Vec<_> = rows.keys().map(|(m, _)| ts(*m)).collect();
+                let ends: Vec<_> = rows.keys().map(|(m, _)| ts(*m + 60)).collect();
+                let users: Vec<String> = rows.keys().map(|(_, u)| format!("u{u}")).collect();
+                let counts: Vec<i64> = rows.values().map(|v| v.0).collect();
+                let sums: Vec<String> = rows
+                    .values()
+                    .map(|v| format!("{}.{:02}", v.1 / 100, v.1 % 100))
+                    .collect();
+                sqlx::query(&sql)
+                    .bind(starts)
+                    .bind(ends)
+                    .bind(users)
+                    .bind(counts)
+                    .bind(sums)
+                    .execute(&pool)
+                    .await?;
+            }
+            Ok::<(), sqlx::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&pool)
+        .await?;
+    report(&format!("agg_ceiling_{conns}conn"), records, secs);
+    Ok(())
 }
 
 /// Writes `rows` envelope rows from memory into a fresh table shaped like growth_events,
