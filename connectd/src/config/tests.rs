@@ -338,3 +338,31 @@ mod single_instance {
         );
     }
 }
+
+#[test]
+fn only_sinks_that_publish_accept_an_output_topic() {
+    let sinks = "\
+kafka:
+  brokers: ${BROKERS}
+connectors:
+  - name: windows
+    type: aggregate
+    input: events
+    output: windows.closed
+    database_url: postgres://db/x
+    table: per_minute
+    window: { tumbling: 1m }
+    aggregates: { events: count }
+  - name: rows
+    type: postgres_sink
+    input: events
+    output: rows.out
+    database_url: postgres://db/x
+";
+    assert_eq!(
+        load(sinks).expect_err("postgres_sink has no output"),
+        ["line 15: connector \"rows\": connectors[1].output: unknown setting"]
+    );
+    let c = load(&sinks.replace("    output: rows.out\n", "")).expect("aggregate may publish");
+    assert_eq!(c.connectors[0].output.as_deref(), Some("windows.closed"));
+}
