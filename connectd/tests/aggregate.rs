@@ -231,6 +231,20 @@ async fn out_of_order_events_land_once_and_late_ones_follow_each_policy() {
             .contains("\"window_start\" : \"2026-11-24T10:00:00+00:00\"")),
         "only the closed window is published: {closed:?}"
     );
+    // Flagged once acknowledged: the closed row is published, the open ones are not.
+    let flagged = format!("SELECT count(*) FROM {t_update} WHERE published");
+    assert_eq!(
+        wait_scalar(&pool, &flagged, 1, Duration::from_secs(10)).await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            &format!("SELECT count(*) FROM {t_update} WHERE published AND closed")
+        )
+        .await,
+        1
+    );
     let (_, m) = c.get("/metrics").await;
     let late = |c: &str, p: &str| {
         format!("connectd_agg_late_events_total{{connector=\"{c}\",policy=\"{p}\"}}")

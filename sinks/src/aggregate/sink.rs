@@ -247,9 +247,9 @@ impl Shared {
     /// `late_events: update`) and, under `drop`/`dlq`, forgets their members. Its own
     /// statements, after the commit that moved the watermark, never while holding the
     /// watermark row: a batch may hold window rows while it waits for that row, and closing
-    /// needs the window rows. Lateness is decided by the watermark, not by this flag, so a
-    /// close that happens a moment later (or after a crash, on the next batch or tick) changes
-    /// no figure.
+    /// needs the window rows; and it skips rows a batch holds (`SKIP LOCKED`). Lateness is
+    /// decided by the watermark, not by this flag, so a close that happens a moment later (on
+    /// the next batch or tick, also after a crash) changes no figure.
     async fn close_windows(&self, w: Option<i64>) -> Result<(), sqlx::Error> {
         let Some(t) = w.and_then(DateTime::from_timestamp_micros) else {
             return Ok(());

@@ -20,7 +20,9 @@ pub struct Statements {
     /// Insert of distinct members, returning how many were new per row and aggregate.
     /// Parameters: `$1` starts, group text[]s, aggregate names, members.
     pub members: Option<String>,
-    /// Marks the open rows whose window ended at or before `$1` closed.
+    /// Marks the open rows whose window ended at or before `$1` closed, skipping rows a batch
+    /// holds at that moment (a late merge): they are closed on the next pass. It never waits,
+    /// so it can never deadlock with a batch.
     pub close: String,
     /// Drops the members of windows that start at or before `$1` (the caller passes the
     /// watermark minus the window size: windows closed, which late events cannot change).
@@ -32,7 +34,8 @@ pub struct Statements {
     /// `<window_start>/<group values…>`.
     pub unpublished: Option<String>,
     /// With an `output` topic: marks the rows read by `unpublished` (ctids `$1`) published,
-    /// unless a late event changed them since (an update gives a row a new ctid).
+    /// unless a late event changed them since (an update gives a row a new ctid); rows a batch
+    /// holds are skipped (published again next time), so this never waits on a batch.
     pub mark_published: Option<String>,
 }
 
@@ -154,8 +157,12 @@ pub fn statements(
              FROM {t} WHERE closed AND NOT published ORDER BY window_end LIMIT $1"
         )
     });
-    let mark_published = output
-        .then(|| format!("UPDATE {t} SET published = true WHERE ctid = ANY($1::text[]::tid[])"));
+    let mark_published = output.then(|| {
+        format!(
+            "UPDATE {t} SET published = true WHERE ctid IN \
+             (SELECT ctid FROM {t} WHERE ctid = ANY($1::text[]::tid[]) FOR UPDATE SKIP LOCKED)"
+        )
+    });
     Statements {
         unpublished,
         mark_published,
@@ -163,7 +170,8 @@ pub fn statements(
         merge,
         members,
         close: format!(
-            "UPDATE {t} SET closed = true, updated_at = now() WHERE NOT closed AND window_end <= $1"
+            "UPDATE {t} SET closed = true, updated_at = now() WHERE ctid IN \
+             (SELECT ctid FROM {t} WHERE NOT closed AND window_end <= $1 FOR UPDATE SKIP LOCKED)"
         ),
         forget_members,
         open_rows: format!("SELECT count(*) FROM {t} WHERE NOT closed"),
