@@ -99,14 +99,6 @@ async fn rows(pool: &sqlx::PgPool, table: &str) -> Vec<(String, String, i64, boo
     .expect("rows")
 }
 
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_events_land_once_and_late_ones_follow_each_policy() {
     let pool = pg().await;

@@ -152,14 +152,6 @@ async fn hundred_thousand_events_with_duplicates_delivered_twice_store_each_once
     );
 }
 
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_poison_rows_in_5000_are_dead_lettered_with_sqlstate_and_the_rest_written() {
     let pool = pg().await;

@@ -794,3 +794,12 @@ pub fn connectd_cmd(args: &[&str], envs: &[(&str, String)]) -> std::process::Out
     }
     c.output().expect("connectd")
 }
+
+/// The value of one series (`name{labels}`) in Prometheus text, 0 when absent.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -84,7 +84,6 @@ pub mod watermark;
 pub mod window;
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration as StdDuration;
 
 use connector_core::prelude::*;
 use schemars::JsonSchema;
@@ -93,6 +92,7 @@ use serde::Deserialize;
 use self::partial::{Extractor, Func};
 use self::sink::AggregateSink;
 use self::window::Windows;
+use crate::postgres::connect;
 use crate::postgres::sql::{valid_ident, valid_table};
 
 /// Window shape.
@@ -372,25 +372,14 @@ impl SinkPlugin for AggregatePlugin {
         config: AggregateConfig,
         ctx: SinkContext,
     ) -> Result<Box<dyn Sink>, ConnectorError> {
-        let timeout_ms = config.statement_timeout.as_std().as_millis();
-        let options: sqlx::postgres::PgConnectOptions = config
-            .database_url
-            .expose()
-            .parse()
-            .map_err(|e: sqlx::Error| {
-                ConnectorError::permanent("bad_database_url", e.to_string())
-            })?;
-        // UTC: the JSON of published windows renders times in the session's zone.
-        let options = options.options([
-            ("statement_timeout", timeout_ms.to_string()),
-            ("timezone", "UTC".to_string()),
-        ]);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(config.pool_size)
-            .acquire_timeout(StdDuration::from_secs(5))
-            .connect_with(options)
-            .await
-            .map_err(|e| ConnectorError::retriable("db_unavailable", e.to_string()))?;
+        // UTC: published windows render times in the session time zone.
+        let pool = connect(
+            &config.database_url,
+            config.pool_size,
+            &config.statement_timeout,
+            true,
+        )
+        .await?;
         AggregateSink::open(config, pool, ctx).await
     }
 }

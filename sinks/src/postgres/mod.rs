@@ -111,6 +111,33 @@ impl PostgresSinkConfig {
     }
 }
 
+/// A pool for a Postgres sink: `statement_timeout` set on every connection; with `utc`, the
+/// session time zone is UTC (times the server renders, e.g. in JSON, are then UTC).
+pub async fn connect(
+    url: &Secret,
+    pool_size: u32,
+    statement_timeout: &Duration,
+    utc: bool,
+) -> Result<sqlx::PgPool, ConnectorError> {
+    let options: sqlx::postgres::PgConnectOptions = url
+        .expose()
+        .parse()
+        .map_err(|e: sqlx::Error| ConnectorError::permanent("bad_database_url", e.to_string()))?;
+    let timeout = statement_timeout.as_std().as_millis().to_string();
+    let options = options.options([("statement_timeout", timeout)]);
+    let options = if utc {
+        options.options([("timezone", "UTC")])
+    } else {
+        options
+    };
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(StdDuration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|e| ConnectorError::retriable("db_unavailable", e.to_string()))
+}
+
 /// Factory of [`PostgresSink`].
 pub struct PostgresSinkPlugin;
 
@@ -171,21 +198,13 @@ impl SinkPlugin for PostgresSinkPlugin {
         config: PostgresSinkConfig,
         ctx: SinkContext,
     ) -> Result<Box<dyn Sink>, ConnectorError> {
-        let timeout_ms = config.statement_timeout.as_std().as_millis();
-        let options: sqlx::postgres::PgConnectOptions = config
-            .database_url
-            .expose()
-            .parse()
-            .map_err(|e: sqlx::Error| {
-                ConnectorError::permanent("bad_database_url", e.to_string())
-            })?;
-        let options = options.options([("statement_timeout", timeout_ms.to_string())]);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(config.pool_size)
-            .acquire_timeout(StdDuration::from_secs(5))
-            .connect_with(options)
-            .await
-            .map_err(|e| ConnectorError::retriable("db_unavailable", e.to_string()))?;
+        let pool = connect(
+            &config.database_url,
+            config.pool_size,
+            &config.statement_timeout,
+            false,
+        )
+        .await?;
         if config.auto_migrate {
             connectd_migrations::run(&pool)
                 .await
