@@ -93,6 +93,8 @@ pub enum Command {
     Produce(crate::topic_io::ProduceArgs),
     /// Print a topic's records as JSON lines (key, headers, value, coordinates).
     Tail(crate::topic_io::TailArgs),
+    /// Follow an http_source's live stream (WebSocket `/v1/stream`): one envelope per line.
+    Stream(crate::stream_cmd::StreamArgs),
     /// Manage http_source API keys (stored as SHA-256 hashes in `api_keys`).
     Keys {
         /// PostgreSQL URL.
@@ -346,6 +348,7 @@ pub fn run_command(command: Command, registry: Registry) -> u8 {
         Command::Redis { action } => block_on(crate::redis_cmd::run(action)),
         Command::Produce(args) => block_on(crate::topic_io::produce(args)),
         Command::Tail(args) => block_on(crate::topic_io::tail(args)),
+        Command::Stream(args) => block_on(crate::stream_cmd::run(args)),
         Command::Run { config } => {
             let cfg = match Config::load(&config, &registry) {
                 Ok(c) => c,

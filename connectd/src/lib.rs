@@ -24,6 +24,7 @@ pub mod config;
 pub mod dlq;
 pub mod redis_cmd;
 pub mod runtime;
+pub mod stream_cmd;
 pub mod topic_io;
 
 use connector_core::Registry;

@@ -779,16 +779,6 @@ fn encoded_req(addr: &str, encoding: &str, body: &[u8]) -> Vec<u8> {
     )
 }
 
-fn peak_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_bodies_are_decoded_and_bombs_bad_streams_and_unknown_codings_refused() {
     use std::io::Write;

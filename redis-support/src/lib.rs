@@ -39,6 +39,11 @@ impl RedisConn {
         })
     }
 
+    /// The client (for connections of their own, e.g. Pub/Sub subscribers).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     /// Records that a command could not reach Redis: [`get`](Self::get) answers `None` for
     /// [`PAUSE_AFTER_FAILURE`].
     pub fn mark_unavailable(&self) {

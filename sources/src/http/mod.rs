@@ -21,6 +21,9 @@
 //! OpenTelemetry collectors send them) are decoded with the decoded size capped by
 //! `max_body_bytes` while decoding, so a decompression bomb costs no more memory than the limit.
 //!
+//! `GET /v1/stream` (WebSocket, with `stream:` set) pushes the accepted envelopes live to
+//! clients, across instances through Redis Pub/Sub: see [`stream`].
+//!
 //! Invalid events in a batch: `invalid_events: reject_request` (default) refuses the whole
 //! request with 400 and produces nothing; `accept_valid` produces the valid ones and answers 202
 //! with the rejected ones listed under `rejected`.
@@ -31,6 +34,7 @@ mod encoding;
 pub mod event;
 mod ratelimit;
 mod server;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -153,6 +157,10 @@ pub struct HttpSourceConfig {
     /// Apply the migrations (the `api_keys` table) at start-up when `database_url` is set.
     #[serde(default = "default_true")]
     pub auto_migrate: bool,
+    /// The live stream `GET /v1/stream` (WebSocket): off unless set (`stream: {}` for the
+    /// defaults). Instances share it through Redis Pub/Sub when `redis_url` is set.
+    #[serde(default)]
+    pub stream: Option<stream::StreamConfig>,
 }
 
 fn default_listen() -> String {
@@ -255,6 +263,9 @@ impl SourcePlugin for HttpSourcePlugin {
         }
         if c.ack_timeout.as_std().is_zero() {
             issues.push(ConfigIssue::new("ack_timeout", "must be more than 0"));
+        }
+        if let Some(st) = &c.stream {
+            issues.extend(stream::validate(st));
         }
         if issues.is_empty() {
             Ok(())

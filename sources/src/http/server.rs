@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State as AxState};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, Request, State as AxState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +23,7 @@ use super::edge::{Claim, Edge, Stored};
 use super::encoding::{self, Coding, DecodeError};
 use super::event::{envelope, parse_body, partition_key, FieldError, RequestFacts};
 use super::ratelimit::{Decision, RateLimiter, Scope};
+use super::stream::{self, Filter, Hub, Refused};
 use super::{HttpSourceConfig, InvalidEvents, RateLimitScope};
 use connectd_redis::RedisConn;
 
@@ -45,6 +48,7 @@ pub struct State {
     schema: Option<jsonschema::Validator>,
     metrics: HttpMetrics,
     shutdown: Shutdown,
+    hub: Option<Arc<Hub>>,
 }
 
 fn permanent(class: &str, msg: impl Into<String>) -> ConnectorError {
@@ -142,6 +146,10 @@ impl State {
             },
             _ => Scope::Instance,
         });
+        let hub = config
+            .stream
+            .clone()
+            .map(|sc| Hub::new(&ctx.name, sc, redis.clone(), m));
         let edge = redis.map(|r| {
             Edge::new(
                 r,
@@ -183,6 +191,7 @@ impl State {
             limiter,
             schema,
             shutdown: ctx.shutdown.clone(),
+            hub,
             config,
         })
     }
@@ -614,8 +623,16 @@ async fn ingest(
     // never a 503 that every client would retry.
     let mut outputs: Vec<Output> = Vec::with_capacity(good.len());
     let mut too_large = Vec::new();
+    // The stream's copy of what is produced: one JSON array, published after the ack.
+    let mut streamed = s.hub.as_ref().map(|_| String::from("["));
     for e in &good {
         let value = e.envelope.to_string();
+        if let Some(a) = streamed.as_mut() {
+            if a.len() > 1 {
+                a.push(',');
+            }
+            a.push_str(&value);
+        }
         if value.len() > s.config.max_event_bytes {
             too_large.push(
                 json!({"index": e.index, "bytes": value.len(), "limit": s.config.max_event_bytes}),
@@ -655,6 +672,10 @@ async fn ingest(
         }
     }
     s.metrics.accepted.add(n as u64);
+    if let (Some(hub), Some(mut a)) = (&s.hub, streamed) {
+        a.push(']');
+        hub.publish(a);
+    }
     let keys: Vec<&str> = good.iter().map(|e| e.idempotency_key.as_str()).collect();
     let mut body = json!({"accepted": n, "idempotency_keys": keys});
     if !bad.is_empty() {
@@ -687,10 +708,155 @@ async fn not_found() -> Response {
     )
 }
 
+/// Query parameters of `GET /v1/stream`.
+#[derive(Debug, serde::Deserialize)]
+struct StreamQuery {
+    /// Comma-separated event types (default: all).
+    event_type: Option<String>,
+    /// Comma-separated user ids (default: all).
+    user_id: Option<String>,
+    /// Refused: keys in URLs end up in access logs and browser history.
+    key: Option<String>,
+    /// Refused, as `key`.
+    api_key: Option<String>,
+}
+
+/// `GET /v1/stream`: authenticates (header, or `connectd.key.<key>` in the
+/// `Sec-WebSocket-Protocol` offer), takes a place, upgrades.
+async fn stream_route(
+    AxState(s): AxState<Arc<State>>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let response = handle_stream(&s, query, &headers, ws).await;
+    s.count("/v1/stream", response.status());
+    response
+}
+
+async fn handle_stream(
+    s: &Arc<State>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    headers: &HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(hub) = s.hub.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "stream_disabled",
+            "the live stream is off for this source; set `stream: {}` in its configuration",
+        );
+    };
+    if s.shutdown.is_triggered() {
+        return retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down; retry",
+            ),
+            1,
+        );
+    }
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_query", e.body_text()),
+    };
+    if q.key.is_some() || q.api_key.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "key_in_url",
+            "API keys do not belong in URLs (they end up in logs): send x-api-key / Authorization: Bearer, or from a browser offer the sub-protocols connectd.v1 and connectd.key.<key>",
+        );
+    }
+    let (protocol_key, offers_ours) = stream::key_from_protocols(
+        headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let presented = presented_key(headers).or(protocol_key);
+    let key_info = match s.auth.check(presented.as_deref()).await {
+        AuthResult::Ok(i) => i,
+        AuthResult::Missing => {
+            hub.refused_auth();
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "send the key in x-api-key, Authorization: Bearer, or the sub-protocol connectd.key.<key>",
+            );
+        }
+        AuthResult::Unknown => {
+            hub.refused_auth();
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "unknown API key",
+            );
+        }
+        AuthResult::Disabled(_) => {
+            hub.refused_auth();
+            return error(
+                StatusCode::FORBIDDEN,
+                "api_key_disabled",
+                "this API key is disabled",
+            );
+        }
+        AuthResult::Unavailable => {
+            return retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "auth_unavailable",
+                    "the key store is unreachable; retry",
+                ),
+                2,
+            )
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return error(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                format!("GET /v1/stream is a WebSocket: {}", e.body_text()),
+            )
+        }
+    };
+    let slot = match hub.join(&key_info.name) {
+        Ok(slot) => slot,
+        Err(Refused::PerKey) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                "this API key has max_clients_per_key streams open",
+            )
+        }
+        Err(Refused::Full) => {
+            return retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stream_full",
+                    "this instance has max_clients streams open; retry or use another instance",
+                ),
+                5,
+            )
+        }
+    };
+    let ws = if offers_ours {
+        ws.protocols([stream::PROTOCOL])
+    } else {
+        ws
+    };
+    let filter = Filter::new(q.event_type.as_deref(), q.user_id.as_deref());
+    let shutdown = s.shutdown.clone();
+    ws.max_message_size(64 * 1024)
+        .on_upgrade(move |socket| hub.serve_client(socket, filter, slot, shutdown))
+}
+
 /// The router (exposed for tests).
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/events", post(events))
+        .route("/v1/stream", get(stream_route))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -710,6 +876,10 @@ pub async fn serve(state: Arc<State>, mut shutdown: Shutdown) -> Result<(), Conn
     tracing::info!(connector = %state.name, addr = %state.config.listen, "http_source listening");
     let header_timeout = state.config.header_timeout.as_std();
     let app = router(state.clone());
+    let hub_task = state
+        .hub
+        .clone()
+        .map(|hub| tokio::spawn(hub.run(shutdown.clone())));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -729,7 +899,8 @@ pub async fn serve(state: Arc<State>, mut shutdown: Shutdown) -> Result<(), Conn
                 conns.spawn(async move {
                     let mut builder = hyper::server::conn::http1::Builder::new();
                     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    // with_upgrades: `GET /v1/stream` turns the connection into a WebSocket.
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
                         r = conn.as_mut() => { let _ = r; }
@@ -745,6 +916,13 @@ pub async fn serve(state: Arc<State>, mut shutdown: Shutdown) -> Result<(), Conn
     }
     let drain = async { while conns.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(15), drain).await;
+    if let Some(hub) = &state.hub {
+        // Stream clients were sent a close (1001) when the shutdown fired.
+        hub.wait_idle(Duration::from_secs(3)).await;
+    }
+    if let Some(t) = hub_task {
+        let _ = t.await;
+    }
     tracing::info!(connector = %state.name, "http_source stopped");
     Ok(())
 }
