@@ -5,6 +5,8 @@
 #   scripts/dev-services.sh down     stop everything (data of Tansu is lost: it is memory-only)
 #   scripts/dev-services.sh status   say what is running
 #   scripts/dev-services.sh env      print the connection settings as shell exports
+#   scripts/dev-services.sh browser  install Debian's chromium + chromium-driver (the status
+#                                    page's browser test; scripts/test.sh runs this)
 #
 # Everything lives under $CONNECTD_DEV_DIR (default: <repo>/.dev, git-ignored) and listens on
 # 127.0.0.1 on its own ports, so it never collides with a system-wide PostgreSQL or Redis.
@@ -239,5 +241,13 @@ case "${1:-up}" in
   status) status ;;
   env) print_env ;;
   install) install_all ;;
-  *) die "usage: $0 up|down|status|env|install" ;;
+  browser)
+    # Headless Chromium for the status page's test (connectd/tests/status_page.rs).
+    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+      log "chromium and chromedriver already installed"
+    else
+      apt_install chromium chromium-driver
+    fi
+    ;;
+  *) die "usage: $0 up|down|status|env|install|browser" ;;
 esac

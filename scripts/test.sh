@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one: installs and starts the local
-# services (PostgreSQL, Redis, Tansu), runs the README's first command in a small form
+# services (PostgreSQL, Redis, Tansu) and Chromium for the status page's test, runs the README's first command in a small form
 # (`COUNT=2000 bash scripts/demo.sh`, which must end by itself with its check lines OK), then
 # runs every test of the workspace against the services.
 #
@@ -40,6 +40,9 @@ for check in "rows + dead letters == accepted" "dead letters == poison accepted"
   fi
 done
 echo "== demo OK in $((SECONDS - DEMO_START))s" >&2
+
+# The status page is tested in a real headless Chromium (Debian packages).
+bash scripts/dev-services.sh browser
 
 cargo build --workspace --all-targets --all-features --locked
 cargo test --workspace --all-targets --all-features --locked -- --test-threads="${CONNECTD_TEST_THREADS:-8}"

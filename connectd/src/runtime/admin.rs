@@ -2,6 +2,7 @@
 //!
 //! | route | answer |
 //! | --- | --- |
+//! | `GET /` | the status page (HTML/JS/CSS compiled into the binary, no CDN): connectors, state, partitions, lag, rates, DLQ counts, breaker, pause/resume, live tail of a source's `/v1/stream` |
 //! | `GET /metrics` | OpenMetrics when `Accept` asks for it, else the Prometheus text format 0.0.4 |
 //! | `GET /health` | `200 ok` while no connector is `failed`, else `503` with the failed names |
 //! | `GET /connectors` | status of every connector (JSON) |
@@ -9,7 +10,9 @@
 //! | `POST /connectors/{name}/pause` | pause delivery (partitions paused, group kept) |
 //! | `POST /connectors/{name}/resume` | resume delivery; starts a `failed` connector again |
 //!
-//! With `admin.token` set, every route but `/health` needs `Authorization: Bearer <token>`.
+//! With `admin.token` set, every route but `/health` and the page's static files needs
+//! `Authorization: Bearer <token>`; the page asks for the token when the API answers 401 and
+//! keeps it in the tab's `sessionStorage`.
 
 use axum::extract::{Path, Request, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -41,8 +44,40 @@ pub fn router(status: StatusRegistry, token: Option<Secret>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/health", get(health))
+        .route("/", get(page))
+        .route("/ui/app.js", get(script))
+        .route("/ui/app.css", get(style))
         .merge(protected)
         .with_state(state)
+}
+
+/// The page allows scripts and styles from this server only; it may open WebSockets to any
+/// host (the stream lives on the http_source's own port).
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page() -> Response {
+    asset("text/html; charset=utf-8", include_str!("ui/index.html"))
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("ui/app.js"))
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("ui/app.css"))
 }
 
 async fn auth(AxState(s): AxState<AppState>, req: Request, next: Next) -> Response {
@@ -210,6 +245,13 @@ mod tests {
         assert_eq!(get(&router, "/metrics", &right).await.0, StatusCode::OK);
         assert_eq!(get(&router, "/connectors", &right).await.0, StatusCode::OK);
         assert_eq!(get(&router, "/health", &[]).await.0, StatusCode::OK);
+        // The page itself holds no data: it loads, then asks for the token.
+        let (status, ctype, body) = get(&router, "/", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(ctype.starts_with("text/html"), "{ctype}");
+        assert!(body.contains("/ui/app.js"), "{body}");
+        assert_eq!(get(&router, "/ui/app.js", &[]).await.0, StatusCode::OK);
+        assert_eq!(get(&router, "/ui/app.css", &[]).await.0, StatusCode::OK);
     }
 
     #[tokio::test]

@@ -188,6 +188,10 @@ pub struct StatusView {
     /// more than one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<serde_json::Value>,
+    /// The DLQ-rate breaker (`dlq_breaker` setting): `state` closed/open, the dead-letter
+    /// ratio over the last `records_in_window` records; absent when not configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dlq_breaker: Option<serde_json::Value>,
     /// Configuration with secrets redacted.
     pub config: serde_json::Value,
 }
@@ -201,6 +205,7 @@ struct Inner {
     details: Vec<serde_json::Value>,
     /// The status reported last, by any slot.
     latest: serde_json::Value,
+    breaker: Option<serde_json::Value>,
 }
 
 /// One connector's shared status handle.
@@ -276,6 +281,11 @@ impl ConnectorHandle {
         g.latest = d;
     }
 
+    /// The DLQ-rate breaker's latest view.
+    pub fn set_breaker(&self, v: serde_json::Value) {
+        self.lock().breaker = Some(v);
+    }
+
     /// Operator control channel.
     pub fn control(&self) -> watch::Receiver<Control> {
         self.control_tx.subscribe()
@@ -325,6 +335,7 @@ impl ConnectorHandle {
             } else {
                 Vec::new()
             },
+            dlq_breaker: g.breaker.clone(),
             config: self.config.clone(),
         }
     }
@@ -369,6 +380,7 @@ impl StatusRegistry {
                 lag: BTreeMap::new(),
                 details: Vec::new(),
                 latest: serde_json::Value::Null,
+                breaker: None,
             })),
             metrics: ConnectorMetrics::new(&m),
             control_tx: Arc::new(tx),

@@ -92,6 +92,17 @@ impl Breaker {
         let ratio = self.dead as f64 / self.events.len().max(1) as f64;
         (self.events.len() >= window && ratio > self.settings.max_ratio).then_some(ratio)
     }
+
+    /// The breaker as the admin API shows it (`state`: `closed` or `open`).
+    pub fn view(&self, open: bool) -> serde_json::Value {
+        serde_json::json!({
+            "state": if open { "open" } else { "closed" },
+            "dead_ratio": self.dead as f64 / self.events.len().max(1) as f64,
+            "max_ratio": self.settings.max_ratio,
+            "records_in_window": self.events.len(),
+            "window": self.settings.window,
+        })
+    }
 }
 
 /// What a worker needs besides its instance.
@@ -165,10 +176,15 @@ impl WorkerEnv {
         attempt: u32,
     ) -> Result<(), BatchError> {
         if let Some(b) = &self.breaker {
-            let tripped = match b.lock() {
-                Ok(mut g) => g.observe(ok, dead.len() as u64),
-                Err(p) => p.into_inner().observe(ok, dead.len() as u64),
+            let (tripped, view) = {
+                let mut g = match b.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                let tripped = g.observe(ok, dead.len() as u64);
+                (tripped, g.view(tripped.is_some()))
             };
+            self.handle.set_breaker(view);
             if let Some(ratio) = tripped {
                 return Err(BatchError::Fatal(format!(
                     "dead-letter rate {:.1}% is over the dlq_breaker limit; first error: {}",
