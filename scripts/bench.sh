@@ -14,9 +14,13 @@ OUT_DIR="${BENCH_DIR:-bench-results}"
 
 eval "$(bash scripts/dev-services.sh up)"
 export DATABASE_URL REDIS_URL KAFKA_BROKERS
-cargo build --release --locked -p connectd --bin connectd --example kafka_bench -p connectd-loadgen >&2
+cargo build --release --locked -p connectd --bin connectd --example kafka_bench --example stream_bench -p connectd-loadgen >&2
 BIN=target/release/connectd
 KB=target/release/examples/kafka_bench
+SB=target/release/examples/stream_bench
+STREAM_RATE="${STREAM_RATE:-20000}"
+STREAM_CLIENTS="${STREAM_CLIENTS:-100}"
+STREAM_SECONDS="${STREAM_SECONDS:-20}"
 LG=target/release/loadgen
 mkdir -p "$OUT_DIR"
 RESULTS="$OUT_DIR/results.jsonl"
@@ -241,6 +245,34 @@ YAML
   stats=$(proc_stats)
   stop_connectd
   record http_gzip "$(merge "$(cat "$OUT_DIR/http_gzip.json")" "$stats")"
+
+  # -- live stream: STREAM_RATE events/s in 100-event requests, broadcast through Redis Pub/Sub
+  #    to STREAM_CLIENTS WebSocket clients; the same load with the stream off is the baseline
+  #    whose CPU is subtracted (same run, same process shape).
+  for mode in off on; do
+    if [ "$mode" = on ]; then stream_cfg="    stream: { client_queue: 4096 }"; clients=$STREAM_CLIENTS; else stream_cfg=""; clients=0; fi
+    cat >"$OUT_DIR/stream_$mode.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+topics: [ { name: $S-stream, partitions: 6 } ]
+connectors:
+  - name: live$S
+    type: http_source
+    output: $S-stream
+    listen: 127.0.0.1:18082
+    redis_url: \${REDIS_URL}
+    static_keys: [ { name: bench, key: $KEY } ]
+    max_events: 1000
+$stream_cfg
+YAML
+    before=$(svc_cpu)
+    start_connectd "$OUT_DIR/stream_$mode.yaml" "$OUT_DIR/stream_$mode.log"
+    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18082/readyz >/dev/null && break; sleep 0.1; done
+    line=$("$SB" --addr 127.0.0.1:18082 --key "$KEY" --clients "$clients" --rate "$STREAM_RATE" --seconds "$STREAM_SECONDS" --batch 100)
+    stats=$(proc_stats)
+    stop_connectd
+    record "stream_$mode" "$(merge "$(merge "$line" "$stats")" "$(svc_delta "$before" "$(svc_cpu)")")"
+  done
 
   # -- end to end: HTTP -> dedup -> Postgres for E2E_SECONDS at full speed
   psql_q "CREATE TABLE e2e_$S (LIKE growth_events INCLUDING ALL)" >/dev/null

@@ -63,6 +63,45 @@ def us(section, key):
     return statistics.median(v) if v else None
 
 
+def stream_section():
+    on, off = by.get("stream_on", []), by.get("stream_off", [])
+    if not on:
+        return "(not measured in this run)"
+    def m(rows, f):
+        v = [f(r) for r in rows]
+        v = [x for x in v if x is not None]
+        return (statistics.median(v), min(v), max(v)) if v else None
+    def show(t, d=1):
+        return "—" if t is None else f"{t[0]:,.{d}f} ({t[1]:,.{d}f}–{t[2]:,.{d}f})"
+    # The stream's own CPU: connectd + Redis with the stream, minus the same load without it.
+    pairs = list(zip(on, off))
+    extra = [((a["cpu_seconds"] + a.get("redis_cpu_seconds", 0)) - (b["cpu_seconds"] + b.get("redis_cpu_seconds", 0)), a) for a, b in pairs]
+    per_msg = [e * 1e6 / a["messages_delivered"] for e, a in extra if a.get("messages_delivered")]
+    per_env = [e * 1e6 / a["envelopes_delivered"] for e, a in extra if a.get("envelopes_delivered")]
+    cd_msg = [(a["cpu_seconds"] - b["cpu_seconds"]) * 1e6 / a["messages_delivered"] for a, b in pairs if a.get("messages_delivered")]
+    t = lambda v: (statistics.median(v), min(v), max(v)) if v else None
+    r0 = on[0]
+    return f"""{r0["clients"]} WebSocket clients on one instance, {r0["target_events_per_second"]:,} events/s asked in 100-event requests
+for {int(med("stream_on", "events_accepted") / max(med("stream_on", "events_per_second") or 1, 1))} s; each accepted request is one Redis `PUBLISH` and one message (a JSON array of
+its envelopes) to every client. Baseline: the same load, same process, stream off.
+
+| what | stream on | stream off (baseline) |
+| --- | --- | --- |
+| events accepted per second | {fmt("stream_on", "events_per_second")} | {fmt("stream_off", "events_per_second")} |
+| messages delivered / expected (requests × clients) | {", ".join(f"{r['messages_delivered']:,} / {r['messages_expected']:,}" for r in on)} | — |
+| envelopes delivered | {fmt("stream_on", "envelopes_delivered")} | — |
+| delivery latency from the 202 to the client's receipt, p50 / p99 / max ms | {fmt("stream_on", "p50_ms", 2)} / {fmt("stream_on", "p99_ms", 2)} / {fmt("stream_on", "max_ms", 1)} | — |
+| connectd CPU seconds | {fmt("stream_on", "cpu_seconds", 2)} | {fmt("stream_off", "cpu_seconds", 2)} |
+| Redis CPU seconds | {fmt("stream_on", "redis_cpu_seconds", 2)} | {fmt("stream_off", "redis_cpu_seconds", 2)} |
+| connectd peak RSS MB | {fmt("stream_on", "peak_rss_mb", 1)} | {fmt("stream_off", "peak_rss_mb", 1)} |
+| stream CPU µs per delivered message (connectd + Redis, minus baseline) | {show(t(per_msg), 2)} | — |
+| of which connectd | {show(t(cd_msg), 2)} | — |
+| stream CPU µs per delivered envelope | {show(t(per_env), 3)} | — |
+
+The load generator and the {r0["clients"]} clients run in one process on the same two cores
+(their CPU is not in the table)."""
+
+
 def cpu_row(section, label, steady="steady_per_second"):
     parts = [us(section, "cpu_seconds"), us(section, "tansu_cpu_seconds"), us(section, "redis_cpu_seconds"), us(section, "postgres_cpu_seconds"), us(section, "loadgen_cpu_seconds")]
     total = sum(p for p in parts if p is not None)
@@ -130,6 +169,10 @@ divided by the CPU all processes spend per record ("CPU-bound limit").
 {cpu_row("aggregate", "`aggregate`")}
 {cpu_row("forward", "`forward`")}
 {cpu_row("e2e_stats", "end to end (per distinct accepted event)", (f"{statistics.median(e2e_acc):,.0f} accepted/s" if e2e_acc else "—"))}
+
+## Live stream: `GET /v1/stream` through Redis Pub/Sub
+
+{stream_section()}
 
 ## End to end: HTTP → redis_dedup → postgres_sink for {int(med("e2e", "seconds") or 0)} s at full speed
 

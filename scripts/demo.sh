@@ -58,6 +58,11 @@ redis_q() { redis-cli -u "$REDIS_URL" --no-auth-warning "$@"; }
 REDIS_TOTAL_BEFORE=$(redis_q GET events:total)
 REDIS_TOTAL_BEFORE=${REDIS_TOTAL_BEFORE:-0}
 RUN="demo-$(date +%s)"
+# A live-stream client (GET /v1/stream over WebSocket) follows what ingest accepts.
+$BIN stream --url "ws://$CONNECTD_HTTP/v1/stream" --key "$CONNECTD_DEMO_KEY" >.dev/stream.jsonl 2>.dev/stream.err </dev/null &
+STREAM_PID=$!
+for _ in $(seq 1 50); do grep -q '^connected' .dev/stream.err 2>/dev/null && break; sleep 0.1; done
+grep -q '^connected' .dev/stream.err || { cat .dev/stream.err >&2; die "connectd stream did not connect to ws://$CONNECTD_HTTP/v1/stream"; }
 echo "== sending $COUNT events (+20% duplicates and client retries, 1% invalid, 0.5% poison) as run $RUN" >&2
 rm -f .dev/loadgen-report.json
 if ! ./target/release/loadgen --url "http://$CONNECTD_HTTP" --key "$CONNECTD_DEMO_KEY" --count "$COUNT" --rate "$RATE" \
@@ -88,6 +93,17 @@ ROWS=$(psql_q "SELECT count(*) FROM growth_events WHERE source = '$RUN'")
 DEAD=$(psql_q "SELECT count(*) FROM dead_letters WHERE payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%'")
 COUNTED=$(( $(redis_q GET events:total) - REDIS_TOTAL_BEFORE ))
 PER_MINUTE=$(psql_q "SELECT coalesce(sum(events), 0) FROM event_counts_per_minute WHERE source = '$RUN'")
+kill "$STREAM_PID" 2>/dev/null || true
+wait "$STREAM_PID" 2>/dev/null || true
+STREAMED=$(RUN="$RUN" python3 -c '
+import json, os
+run = os.environ["RUN"]
+keys = set()
+for line in open(".dev/stream.jsonl"):
+    e = json.loads(line)
+    if e.get("source") == run:
+        keys.add(e["idempotency_key"])
+print(len(keys))')
 DUPS=$(curl -s "http://$CONNECTD_ADMIN/connectors/dedup" | python3 -c 'import json,sys;print(json.load(sys.stdin)["details"].get("duplicates_dropped",0))')
 SENT=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["events_sent"])')
 INVALID=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["invalid_events_sent"])')
@@ -115,6 +131,7 @@ events counted in Redis by redis_sink (activity): $COUNTED
 check: events counted in Redis == accepted      : $COUNTED == $ACCEPTED  $CHECK_REDIS
 events in event_counts_per_minute (aggregate)   : $PER_MINUTE
 check: events counted per minute == accepted    : $PER_MINUTE == $ACCEPTED  $CHECK_MINUTE
+distinct events seen live on /v1/stream         : $STREAMED of $ACCEPTED (one "connectd stream" client; Pub/Sub is a live view, at most once)
 
 top purchasers today in Redis (ZREVRANGE leaderboard:purchase:$TODAY, all runs):
 $(redis_q ZREVRANGE "leaderboard:purchase:$TODAY" 0 4 WITHSCORES | paste - - | awk '{printf "  %s  %s\n", $2, $1}')
@@ -126,7 +143,9 @@ daily active users (daily_active, all runs, UTC days):
 $(psql "$DATABASE_URL" -c "SELECT (window_start AT TIME ZONE 'UTC')::date AS day, active_users, events, closed FROM daily_active ORDER BY 1 DESC LIMIT 3")
 
 connectd keeps running (pid $(cat .dev/connectd.pid)):
+  status  http://$CONNECTD_ADMIN/   (the status page: connectors, pause/resume, live tail)
   admin   http://$CONNECTD_ADMIN/connectors   http://$CONNECTD_ADMIN/metrics
+  stream  $BIN stream --url ws://$CONNECTD_HTTP/v1/stream --key $CONNECTD_DEMO_KEY
   ingest  curl -H 'x-api-key: $CONNECTD_DEMO_KEY' -H 'content-type: application/json' -d '{...}' http://$CONNECTD_HTTP/v1/events
   stop    kill \$(cat .dev/connectd.pid)
 SUMMARY

@@ -307,6 +307,10 @@ connectors:
         .script("return JSON.parse(document.querySelector('#tail-events li:last-child').textContent).payload.n")
         .await;
     assert_eq!(first, json!(0), "oldest at the bottom");
+    // A source counts what the broker acknowledged as its records out.
+    let (_, body) = c.get(&format!("/connectors/{source}")).await;
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["records_out"], 7, "{body}");
 
     let shot = driver.cmd("GET", "/screenshot", None).await;
     let png = base64::engine::general_purpose::STANDARD

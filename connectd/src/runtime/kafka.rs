@@ -332,6 +332,8 @@ pub struct ProducerEmitter {
     pub ack_timeout: Duration,
     /// Fires on shutdown.
     pub shutdown: connector_core::Shutdown,
+    /// Counts the records of every fully acknowledged call (a source's `records_out`).
+    pub acked: Option<connector_core::metrics::Counter>,
 }
 
 #[async_trait]
@@ -360,6 +362,9 @@ impl Emitter for ProducerEmitter {
                 Err(e) if is_retriable(&e) => return Err(EmitError::Unavailable(e.to_string())),
                 Err(e) => return Err(EmitError::Rejected(e.to_string())),
             }
+        }
+        if let Some(c) = &self.acked {
+            c.add(records.len() as u64);
         }
         Ok(())
     }

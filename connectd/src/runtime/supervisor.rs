@@ -104,6 +104,7 @@ async fn run_once(
                     output_topic: output,
                     ack_timeout: Duration::from_secs(10),
                     shutdown: env.shutdown.clone(),
+                    acked: Some(handle.metrics.records_out.clone()),
                 }),
                 metrics,
                 shutdown: env.shutdown.clone(),
@@ -142,6 +143,7 @@ async fn run_once(
                                 output_topic: topic.clone(),
                                 ack_timeout: Duration::from_secs(10),
                                 shutdown: env.shutdown.clone(),
+                                acked: None,
                             }),
                         });
                     }
