@@ -753,7 +753,7 @@ mod tests {
         let _b1 = hub.join("b").expect("b1");
         assert_eq!(hub.join("c").err(), Some(Refused::Full));
         drop(a1);
-        assert!(hub.join("a").is_ok());
+        let _a3 = hub.join("a").expect("a place freed by a1");
         assert_eq!(hub.metrics.clients.get(), 3);
     }
 }
