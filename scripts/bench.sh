@@ -250,7 +250,7 @@ YAML
   #    to STREAM_CLIENTS WebSocket clients; the same load with the stream off is the baseline
   #    whose CPU is subtracted (same run, same process shape).
   for mode in off on; do
-    if [ "$mode" = on ]; then stream_cfg="    stream: { client_queue: 4096 }"; clients=$STREAM_CLIENTS; else stream_cfg=""; clients=0; fi
+    if [ "$mode" = on ]; then stream_cfg="    stream: { client_queue: 4096, max_clients_per_key: 1000 }"; clients=$STREAM_CLIENTS; else stream_cfg=""; clients=0; fi
     cat >"$OUT_DIR/stream_$mode.yaml" <<YAML
 kafka: { brokers: \${KAFKA_BROKERS} }
 admin: { listen: \${CONNECTD_ADMIN} }
