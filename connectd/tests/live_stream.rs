@@ -447,3 +447,50 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
         "it did not get everything: {drained} messages"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectd_stream_prints_the_filtered_envelopes_one_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tmp");
+    let topic = unique("stream-cli");
+    create_topic(&topic, 1).await;
+    let name = unique("live-cli");
+    let inst = start(dir.path(), &name, &topic, "      client_queue: 64");
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_connectd"))
+        .args(["stream", "--url", &format!("ws://{}/v1/stream", inst.addr)])
+        .args(["--event-type", "signup", "--max", "4"])
+        .env("CONNECTD_API_KEY", OTHER_KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("connectd stream");
+    let mut stderr = BufReader::new(cli.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("stderr line");
+    assert_eq!(line.trim(), "connected");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 12 events, every third a signup: 4 signups.
+    let resp = post(
+        &inst.addr,
+        &events(0, 12, "00000000-0000-4000-8000-000000000001"),
+    )
+    .await;
+    assert_eq!(resp.status, 202, "{}", resp.body);
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output())
+        .await
+        .expect("join")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one envelope per line"))
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|e| e["payload"]["n"].as_u64().expect("n"))
+            .collect::<Vec<_>>(),
+        vec![0, 3, 6, 9]
+    );
+    assert!(lines.iter().all(|e| e["event_type"] == "signup"));
+}
