@@ -93,6 +93,12 @@ pub enum Command {
     Produce(crate::topic_io::ProduceArgs),
     /// Print a topic's records as JSON lines (key, headers, value, coordinates).
     Tail(crate::topic_io::TailArgs),
+    /// Event contracts (JSON Schemas per event type and version).
+    Contracts {
+        /// What to do.
+        #[command(subcommand)]
+        action: ContractsAction,
+    },
     /// Follow an http_source's live stream (WebSocket `/v1/stream`): one envelope per line.
     Stream(crate::stream_cmd::StreamArgs),
     /// Manage http_source API keys (stored as SHA-256 hashes in `api_keys`).
@@ -103,6 +109,18 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: KeysAction,
+    },
+}
+
+/// `connectd contracts` actions.
+#[derive(Debug, Subcommand)]
+pub enum ContractsAction {
+    /// Check that a new version accepts every event the old one did (exit 0), or list every
+    /// violation (exit 2): `OLD.json NEW.json`, or a folder of `<event_type>/v<N>.json`.
+    Check {
+        /// Two contract files (old, new), or one contracts folder.
+        #[arg(required = true, num_args = 1..=2)]
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -349,6 +367,9 @@ pub fn run_command(command: Command, registry: Registry) -> u8 {
         Command::Produce(args) => block_on(crate::topic_io::produce(args)),
         Command::Tail(args) => block_on(crate::topic_io::tail(args)),
         Command::Stream(args) => block_on(crate::stream_cmd::run(args)),
+        Command::Contracts {
+            action: ContractsAction::Check { paths },
+        } => crate::contracts::run_check(&paths),
         Command::Run { config } => {
             let cfg = match Config::load(&config, &registry) {
                 Ok(c) => c,

@@ -21,6 +21,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod contracts;
 pub mod dlq;
 pub mod redis_cmd;
 pub mod runtime;

@@ -255,3 +255,32 @@ fn produce_and_tail_move_json_lines_with_keys_and_headers_through_a_topic() {
         serde_json::Value::Null
     );
 }
+
+#[test]
+fn contracts_check_lists_every_violation_and_exits_2_or_0_when_compatible() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let old = dir.path().join("v1.json");
+    let new = dir.path().join("v2.json");
+    let ok = dir.path().join("v2-ok.json");
+    std::fs::write(&old, r#"{"type":"object","properties":{"order_id":{"type":"string"},"amount":{"type":"number"},"coupon":{"type":"string"}},"required":["order_id"]}"#).expect("old");
+    std::fs::write(&new, r#"{"type":"object","properties":{"order_id":{"type":"string"},"amount":{"type":"string"},"promo":{"type":"string"}},"required":["order_id","amount"]}"#).expect("new");
+    std::fs::write(&ok, r#"{"type":"object","properties":{"order_id":{"type":"string"},"amount":{"type":"number"},"coupon":{"type":"string"},"note":{"type":"string"}},"required":["order_id"]}"#).expect("ok");
+    let check = |a: &std::path::Path, b: &std::path::Path| {
+        connectd()
+            .args(["contracts", "check"])
+            .arg(a)
+            .arg(b)
+            .output()
+            .expect("run")
+    };
+    let out = check(&old, &new);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("3 violation(s)"), "{text}");
+    assert!(text.contains("/amount: retyped"), "{text}");
+    assert!(text.contains("/amount: made_required"), "{text}");
+    assert!(text.contains("/coupon: removed"), "{text}");
+    let out = check(&old, &ok);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": compatible\n"));
+}
