@@ -246,6 +246,21 @@ YAML
   stop_connectd
   record http_gzip "$(merge "$(cat "$OUT_DIR/http_gzip.json")" "$stats")"
 
+  # -- http_source with versioned contracts (one JSON Schema per event type, payload checked),
+  #    the same requests as above, a fresh process: the cost of validation, same run
+  mkdir -p "$OUT_DIR/contracts"
+  for t in page_view signup purchase share invite; do
+    mkdir -p "$OUT_DIR/contracts/$t"
+    echo '{"type":"object","properties":{"seq":{"type":"integer","minimum":0},"page":{"type":"string","pattern":"^/"}},"required":["seq","page"]}' >"$OUT_DIR/contracts/$t/v1.json"
+  done
+  { cat "$OUT_DIR/http.yaml"; printf '    contracts: { dir: %s }\n' "$OUT_DIR/contracts"; } >"$OUT_DIR/http_contracts.yaml"
+  start_connectd "$OUT_DIR/http_contracts.yaml" "$OUT_DIR/http_contracts.log"
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.1; done
+  "$LG" --url http://127.0.0.1:18080 --key "$KEY" --count "$HTTP_COUNT" --batch 100 --dup-ratio 0 --concurrency 16 --report "$OUT_DIR/http_contracts.json" >/dev/null 2>&1
+  stats=$(proc_stats)
+  stop_connectd
+  record http_contracts "$(merge "$(cat "$OUT_DIR/http_contracts.json")" "$stats")"
+
   # -- live stream: STREAM_RATE events/s in 100-event requests, broadcast through Redis Pub/Sub
   #    to STREAM_CLIENTS WebSocket clients; the same load with the stream off is the baseline
   #    whose CPU is subtracted (same run, same process shape).

@@ -23,7 +23,7 @@
 //! version is checked against the one before it.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -200,83 +200,7 @@ fn walk(old: &Value, new: &Value, at: &str, out: &mut Vec<Violation>) {
     }
 }
 
-/// Why a contract file or folder could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ContractError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not JSON.
-    #[error("{path} is not JSON: {source}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: serde_json::Error,
-    },
-    /// A file name in the folder is not `v<N>.json`.
-    #[error("{0}: contract files are named v<N>.json (v1.json, v2.json, …)")]
-    Name(PathBuf),
-}
-
-/// Reads one contract.
-pub fn load(path: &Path) -> Result<Value, ContractError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
-        path: path.into(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| ContractError::Json {
-        path: path.into(),
-        source,
-    })
-}
-
-/// One event type of a contracts folder: its name and its `(version, file)`s, ascending.
-pub type EventVersions = (String, Vec<(u32, PathBuf)>);
-
-/// Every event type of a contracts folder, by name.
-pub fn folder(dir: &Path) -> Result<Vec<EventVersions>, ContractError> {
-    let read = |p: &Path| {
-        std::fs::read_dir(p).map_err(|source| ContractError::Read {
-            path: p.into(),
-            source,
-        })
-    };
-    let mut out = Vec::new();
-    for entry in read(dir)? {
-        let entry = entry.map_err(|source| ContractError::Read {
-            path: dir.into(),
-            source,
-        })?;
-        if !entry.path().is_dir() {
-            continue;
-        }
-        let event_type = entry.file_name().to_string_lossy().into_owned();
-        let mut versions = Vec::new();
-        for f in read(&entry.path())? {
-            let f = f.map_err(|source| ContractError::Read {
-                path: entry.path(),
-                source,
-            })?;
-            let name = f.file_name().to_string_lossy().into_owned();
-            let n = name
-                .strip_prefix('v')
-                .and_then(|r| r.strip_suffix(".json"))
-                .and_then(|n| n.parse::<u32>().ok())
-                .ok_or_else(|| ContractError::Name(f.path()))?;
-            versions.push((n, f.path()));
-        }
-        versions.sort();
-        out.push((event_type, versions));
-    }
-    out.sort();
-    Ok(out)
-}
+pub use connectd_sources::http::contracts::{folder, load, ContractError, EventVersions};
 
 /// Runs `connectd contracts check` on two files or on a folder; returns the exit code
 /// (0 compatible, 2 violations or unreadable input) and prints the report.

@@ -930,3 +930,112 @@ async fn two_instances_share_a_cluster_wide_rate_limit_and_fall_back_per_instanc
         .unwrap_or(0.0);
     assert!(fallbacks > 0.0, "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versioned_contracts_validate_each_payload_by_type_and_version() {
+    let contracts = tempfile::tempdir().expect("tmp");
+    let signup = contracts.path().join("signup");
+    std::fs::create_dir_all(&signup).expect("mkdir");
+    std::fs::write(
+        signup.join("v1.json"),
+        json!({"type": "object", "properties": {"plan": {"type": "string"}}, "required": ["plan"]})
+            .to_string(),
+    )
+    .expect("v1");
+    std::fs::write(
+        signup.join("v2.json"),
+        json!({"type": "object", "properties": {"plan": {"type": "string"}, "seats": {"type": "integer", "minimum": 1}}, "required": ["plan"]}).to_string(),
+    )
+    .expect("v2");
+    let extra = format!(
+        "    contracts:\n      dir: {}\n      unknown_event_types: reject\n",
+        contracts.path().display()
+    );
+    let s = start(&redis_url(), None, &extra).await;
+    let ev = |version: Option<u32>, event_type: &str, payload: Value| {
+        let mut e = json!({
+            "user_id": uuid::Uuid::new_v4().to_string(),
+            "event_type": event_type,
+            "client_timestamp": "2026-12-02T10:00:00Z",
+            "payload": payload,
+        });
+        if let Some(v) = version {
+            e["schema_version"] = json!(v);
+        }
+        e
+    };
+    // v1 by its number, v2 as the default (latest), a top-level field merged into the payload.
+    let mut merged = ev(None, "signup", json!({"seats": 3}));
+    merged["plan"] = json!("team");
+    let ok = json!([ev(Some(1), "signup", json!({"plan": "free"})), merged]);
+    let r = post(&s.addr, STATIC_KEY, &ok, &[]).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let got = read_all(&s.topic, 2, Duration::from_secs(30)).await;
+    let mut versions: Vec<i64> = got
+        .iter()
+        .map(|c| {
+            serde_json::from_str::<Value>(&c.value).expect("json")["schema_version"]
+                .as_i64()
+                .expect("version")
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(
+        versions,
+        vec![1, 2],
+        "the envelope carries the version used"
+    );
+
+    // Each bad event is named with its pointer; nothing of the request is accepted.
+    let bad = json!([
+        ev(Some(2), "signup", json!({"plan": "pro", "seats": 0})),
+        ev(Some(9), "signup", json!({"plan": "pro"})),
+        ev(None, "refund", json!({})),
+        ev(Some(1), "signup", json!({})),
+    ]);
+    let r = post(&s.addr, STATIC_KEY, &bad, &[]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let errors = r.json()["errors"].as_array().cloned().expect("errors");
+    let at = |i: u64| -> Vec<String> {
+        errors
+            .iter()
+            .filter(|e| e["index"] == i)
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["pointer"].as_str().unwrap_or_default(),
+                    e["message"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    assert!(
+        at(0)
+            .iter()
+            .any(|e| e.starts_with("/payload/seats signup v2")),
+        "{:?}",
+        at(0)
+    );
+    assert!(
+        at(1).iter().any(|e| e.starts_with("/schema_version ")
+            && e.contains("no contract version 9 (known: 1, 2)")),
+        "{:?}",
+        at(1)
+    );
+    assert!(
+        at(2)
+            .iter()
+            .any(|e| e.starts_with("/event_type ") && e.contains("unknown event type \"refund\"")),
+        "{:?}",
+        at(2)
+    );
+    assert!(
+        at(3).iter().any(|e| e.starts_with("/payload signup v1")),
+        "{:?}",
+        at(3)
+    );
+    assert!(
+        read_all(&s.topic, 3, Duration::from_secs(8)).await.len() == 2,
+        "nothing of the refused request was produced"
+    );
+}

@@ -29,6 +29,7 @@
 //! with the rejected ones listed under `rejected`.
 
 mod auth;
+pub mod contracts;
 mod edge;
 mod encoding;
 pub mod event;
@@ -148,6 +149,10 @@ pub struct HttpSourceConfig {
     /// A JSON Schema file every event must also satisfy (on top of the built-in shape).
     #[serde(default)]
     pub schema_file: Option<PathBuf>,
+    /// Versioned contracts: each event's payload validated against the JSON Schema of its
+    /// `event_type` and `schema_version` (folder `<dir>/<event_type>/v<N>.json`).
+    #[serde(default)]
+    pub contracts: Option<contracts::ContractsConfig>,
     /// How long an `Idempotency-Key` stays locked while its request is in flight.
     #[serde(default = "default_lock_ttl")]
     pub idempotency_lock_ttl: Duration,
@@ -266,6 +271,9 @@ impl SourcePlugin for HttpSourcePlugin {
         }
         if let Some(st) = &c.stream {
             issues.extend(stream::validate(st));
+        }
+        if let Some(ct) = &c.contracts {
+            issues.extend(contracts::validate(ct));
         }
         if issues.is_empty() {
             Ok(())

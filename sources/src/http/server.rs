@@ -46,6 +46,7 @@ pub struct State {
     edge: Option<Edge>,
     limiter: RateLimiter,
     schema: Option<jsonschema::Validator>,
+    contracts: Option<super::contracts::Contracts>,
     metrics: HttpMetrics,
     shutdown: Shutdown,
     hub: Option<Arc<Hub>>,
@@ -109,6 +110,15 @@ impl State {
                             )
                         })?,
                 )
+            }
+            None => None,
+        };
+        let contracts = match &config.contracts {
+            Some(c) => {
+                let loaded = super::contracts::Contracts::load(c)
+                    .map_err(|e| permanent("contracts", e.to_string()))?;
+                tracing::info!(connector = %ctx.name, event_types = loaded.len(), dir = %c.dir.display(), "contracts loaded");
+                Some(loaded)
             }
             None => None,
         };
@@ -190,6 +200,7 @@ impl State {
             edge,
             limiter,
             schema,
+            contracts,
             shutdown: ctx.shutdown.clone(),
             hub,
             config,
@@ -596,7 +607,18 @@ async fn ingest(
                 });
             }
         }
-        match envelope(i, ev, &facts) {
+        let checked = envelope(i, ev, &facts).and_then(|mut env| {
+            if let Some(c) = &s.contracts {
+                let event_type = env.envelope["event_type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let version = c.check(i, ev, &event_type, &env.envelope["payload"])?;
+                env.envelope["schema_version"] = Value::from(version);
+            }
+            Ok(env)
+        });
+        match checked {
             Ok(env) if errs.is_empty() => good.push(env),
             Ok(_) => bad.extend(errs),
             Err(mut e) => {
