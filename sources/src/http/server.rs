@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 
-use super::auth::{AuthMetrics, AuthResult, Authenticator};
+use super::auth::{AuthMetrics, AuthResult, Authenticator, KeyInfo};
 use super::edge::{Claim, Edge, Stored};
 use super::encoding::{self, Coding, DecodeError};
 use super::event::{envelope, parse_body, partition_key, FieldError, RequestFacts};
@@ -262,6 +262,40 @@ fn rate_limited(d: &Decision) -> Response {
     r
 }
 
+/// The key's holder, or the answer to a request whose key was refused: 401 missing (with
+/// `how_to_send`) or unknown, 403 disabled, 503 while the key store is unreachable.
+// The Err is the response itself, handed straight back to axum: boxing it would only add an
+// allocation to the refusal path.
+#[allow(clippy::result_large_err)]
+fn authorized(result: AuthResult, how_to_send: &str) -> Result<KeyInfo, Response> {
+    match result {
+        AuthResult::Ok(i) => Ok(i),
+        AuthResult::Missing => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+            how_to_send,
+        )),
+        AuthResult::Unknown => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "unknown API key",
+        )),
+        AuthResult::Disabled(_) => Err(error(
+            StatusCode::FORBIDDEN,
+            "api_key_disabled",
+            "this API key is disabled",
+        )),
+        AuthResult::Unavailable => Err(retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth_unavailable",
+                "the key store is unreachable; retry",
+            ),
+            2,
+        )),
+    }
+}
+
 fn presented_key(h: &HeaderMap) -> Option<String> {
     if let Some(v) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim().to_string());
@@ -381,39 +415,12 @@ async fn handle_events(s: &State, req: Request) -> Response {
         Err(e) => return unsupported_encoding(&e),
     };
     // Authentication.
-    let key_info = match s.auth.check(presented_key(&headers).as_deref()).await {
-        AuthResult::Ok(i) => i,
-        AuthResult::Missing => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "missing_api_key",
-                "send the key in x-api-key or Authorization: Bearer",
-            )
-        }
-        AuthResult::Unknown => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_api_key",
-                "unknown API key",
-            )
-        }
-        AuthResult::Disabled(_) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "api_key_disabled",
-                "this API key is disabled",
-            )
-        }
-        AuthResult::Unavailable => {
-            return retry_after(
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "auth_unavailable",
-                    "the key store is unreachable; retry",
-                ),
-                2,
-            )
-        }
+    let key_info = match authorized(
+        s.auth.check(presented_key(&headers).as_deref()).await,
+        "send the key in x-api-key or Authorization: Bearer",
+    ) {
+        Ok(i) => i,
+        Err(r) => return r,
     };
     if let Some(rate) = key_info.rate_limit.or(s.config.default_rate_limit) {
         let d = s.limiter.check(&key_info.name, rate).await;
@@ -796,41 +803,16 @@ async fn handle_stream(
             .and_then(|v| v.to_str().ok()),
     );
     let presented = presented_key(headers).or(protocol_key);
-    let key_info = match s.auth.check(presented.as_deref()).await {
-        AuthResult::Ok(i) => i,
-        AuthResult::Missing => {
-            hub.refused_auth();
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "missing_api_key",
-                "send the key in x-api-key, Authorization: Bearer, or the sub-protocol connectd.key.<key>",
-            );
-        }
-        AuthResult::Unknown => {
-            hub.refused_auth();
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_api_key",
-                "unknown API key",
-            );
-        }
-        AuthResult::Disabled(_) => {
-            hub.refused_auth();
-            return error(
-                StatusCode::FORBIDDEN,
-                "api_key_disabled",
-                "this API key is disabled",
-            );
-        }
-        AuthResult::Unavailable => {
-            return retry_after(
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "auth_unavailable",
-                    "the key store is unreachable; retry",
-                ),
-                2,
-            )
+    let key_info = match authorized(
+        s.auth.check(presented.as_deref()).await,
+        "send the key in x-api-key, Authorization: Bearer, or the sub-protocol connectd.key.<key>",
+    ) {
+        Ok(i) => i,
+        Err(r) => {
+            if r.status() != StatusCode::SERVICE_UNAVAILABLE {
+                hub.refused_auth();
+            }
+            return r;
         }
     };
     let ws = match ws {
