@@ -26,9 +26,7 @@
 //! `evicted_keys` in its status so that eviction is visible. Redis Cluster is not supported yet
 //! (a `redis://` URL of one node or a proxy only).
 
-mod key;
-
-pub use key::{find_key, KeyError, KeyPath};
+pub use crate::json_key::{find_key, KeyError, KeyPath};
 
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};

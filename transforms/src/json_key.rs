@@ -1,4 +1,5 @@
-//! Finding the idempotency key in a JSON value without building the whole document.
+//! Finding one field of a JSON value without building the whole document (used by
+//! `redis_dedup` for the idempotency key and by `enrich` for the lookup key).
 //!
 //! The dedup transform only needs one field of each record. Parsing every record into a
 //! `serde_json::Value` (a map of owned strings per object) cost more CPU than the rest of the
@@ -50,6 +51,114 @@ pub fn find_key(json: &[u8], path: &KeyPath) -> Result<String, KeyError> {
 
 /// Follows the remaining path segments; `None` when the path leads nowhere usable.
 struct Seek<'p>(&'p [String]);
+
+/// What [`probe`] learnt about a record in one pass.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// The value at the key path (as [`find_key`] gives it), if usable.
+    pub key: Option<String>,
+    /// The document is a JSON object.
+    pub is_object: bool,
+    /// Number of top-level members (objects only).
+    pub members: usize,
+    /// The top-level member `field` exists.
+    pub has_field: bool,
+    /// The top-level `idempotency_key`, when a non-empty string.
+    pub idempotency_key: Option<String>,
+}
+
+/// One pass over `json`: the key at `path`, whether the top-level member `field` exists, the
+/// top-level `idempotency_key`. Every byte is still parsed (invalid JSON is an error).
+pub fn probe(json: &[u8], path: &KeyPath, field: &str) -> Result<Probe, KeyError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let p = TopLevel {
+        path: &path.0,
+        field,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v))
+    .map_err(|e| KeyError::InvalidJson(e.to_string()))?;
+    Ok(p)
+}
+
+struct TopLevel<'p> {
+    path: &'p [String],
+    field: &'p str,
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
+    type Value = Probe;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = Probe;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut p = Probe {
+            is_object: true,
+            ..Probe::default()
+        };
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            p.members += 1;
+            if k == self.field {
+                p.has_field = true;
+            }
+            match self.path.split_first() {
+                Some((head, rest)) if p.key.is_none() && k == head.as_str() => {
+                    let found = map.next_value_seed(Seek(rest))?;
+                    if k == "idempotency_key" && rest.is_empty() {
+                        p.idempotency_key.clone_from(&found);
+                    }
+                    p.key = found;
+                }
+                _ if k == "idempotency_key" => {
+                    p.idempotency_key = map.next_value_seed(Seek(&[]))?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Probe::default())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Probe::default())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Probe::default())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Probe::default())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Probe::default())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Probe::default())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Probe::default())
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for Seek<'_> {
     type Value = Option<String>;
@@ -202,6 +311,28 @@ mod tests {
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn probe_finds_key_field_and_idempotency_key_in_one_pass() {
+        let v = br#"{"idempotency_key":"ik","user_id":"u1","context":{"a":1},"n":[1,2]}"#;
+        let p = probe(v, &KeyPath::parse("/user_id"), "context").expect("probe");
+        assert_eq!(p.key.as_deref(), Some("u1"));
+        assert!(p.is_object && p.has_field);
+        assert_eq!(p.members, 4);
+        assert_eq!(p.idempotency_key.as_deref(), Some("ik"));
+        let p = probe(v, &KeyPath::parse("idempotency_key"), "ctx").expect("probe");
+        assert_eq!(p.key.as_deref(), Some("ik"));
+        assert_eq!(p.idempotency_key.as_deref(), Some("ik"));
+        assert!(!p.has_field);
+        let p = probe(b"{}", &KeyPath::parse("/a"), "c").expect("probe");
+        assert!(p.is_object && p.members == 0 && p.key.is_none());
+        assert!(
+            !probe(b"[1]", &KeyPath::parse("/a"), "c")
+                .expect("probe")
+                .is_object
+        );
+        assert!(probe(br#"{"a":1"#, &KeyPath::parse("/a"), "c").is_err());
     }
 
     proptest! {

@@ -1,0 +1,1073 @@
+//! `enrich`: attaches a context object, looked up by a key taken from each record, under a
+//! field of the record (default `context`), through an in-process cache in front of a read
+//! store (seed 001's processor).
+//!
+//! ```yaml
+//! - name: enrich
+//!   type: enrich
+//!   input: events.unique
+//!   output: events.enriched
+//!   key: /user_id
+//!   store:
+//!     type: postgres
+//!     database_url: postgres://…
+//!     query: select user_id, tier, region from user_profiles where user_id = any($1::uuid[])
+//!   defaults: { tier: unknown }
+//! ```
+//!
+//! For each batch:
+//!
+//! 1. every record's key is read (one streaming pass over its JSON, no `Value` built);
+//! 2. keys in the cache ([moka](https://docs.rs/moka): bounded by entries, TinyLFU admission,
+//!    TTL for found keys, `negative_ttl` for keys the store does not know) are served from it;
+//! 3. the other keys are looked up in **one round trip** — one `= any($1)` query, or one
+//!    pipeline of `HGETALL`s — and a key already being looked up for another in-flight batch
+//!    (another slot of the same connector) is not asked again: the batch waits for that answer
+//!    (single flight);
+//! 4. each record is forwarded with `"<field>": {…columns, "enriched_at": "…"}`, keyed by its
+//!    idempotency key (`output_key`), in the input order of its partition.
+//!
+//! The store is guarded by a circuit breaker ([`breaker`]): consecutive failures or an error
+//! ratio over a window open it for `cooldown`; then one probe lookup decides. While it is open,
+//! or when a lookup fails or takes longer than `lookup_timeout`, `on_lookup_error` applies:
+//! `fallback` (default) attaches `defaults` with `"fallback": "lookup_error"` and the header
+//! `connectd-enrich: fallback` — a slow or dead store never stops the stream; `retry` fails the
+//! batch as transient (the runtime backs off and retries, nothing is forwarded meanwhile);
+//! `dlq` sends the affected records to the dead-letter topic. Cached keys keep being served
+//! while the store is down.
+//!
+//! A key the store does not have: `on_not_found` (`defaults`, with `"fallback": "not_found"`;
+//! `pass` forwards unchanged; `dlq`). A record without the key: `on_missing_key` (`pass` or
+//! `dlq`). A record that is not a JSON object is a permanent failure (dead-lettered).
+//!
+//! The cache, the single-flight table and the breaker are shared by every slot of one
+//! connector in the process (slots are separate transform objects, see
+//! [`Transform`](connector_core::Transform)); they are not shared across processes.
+
+pub mod breaker;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::{Duration as StdDuration, Instant};
+
+use connectd_redis::RedisConn;
+use connector_core::metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS};
+use connector_core::prelude::*;
+use connector_core::IDEMPOTENCY_KEY_HEADER;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+use self::breaker::{Breaker, BreakerPolicy, BreakerState, Permit};
+use self::store::{wrap_query, Store, StoreError};
+use crate::json_key::{probe, KeyPath, Probe};
+
+/// The header telling how a record was enriched: `enriched`, `not_found`, `fallback` or
+/// `no_key`.
+pub const ENRICH_HEADER: &str = "connectd-enrich";
+
+/// Where context objects are read from.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// A PostgreSQL query returning one row per key found.
+    Postgres {
+        /// Connection URL.
+        database_url: Secret,
+        /// The query. `$1` is the batch's missing keys as `text[]`: cast it to the column's
+        /// type (`where user_id = any($1::uuid[])`). Every column becomes a member of the
+        /// context object; the key column (`key_column`) is used to match rows to keys.
+        query: String,
+        /// The column holding the key (text or number). Default: the last segment of `key`
+        /// (`/user_id` → `user_id`).
+        #[serde(default)]
+        key_column: Option<String>,
+        /// Connections of the pool (shared by the connector's slots).
+        #[serde(default = "default_pool")]
+        pool_size: u32,
+    },
+    /// A Redis hash per key: `HGETALL <key_template>`, all keys of a batch in one pipeline.
+    Redis {
+        /// Redis URL.
+        redis_url: Secret,
+        /// The hash's key; `{key}` is replaced by the record's key (e.g. `profile:{key}`).
+        key_template: String,
+    },
+}
+
+fn default_pool() -> u32 {
+    2
+}
+
+/// The in-process cache.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Entries kept (found and not-found keys together).
+    #[serde(default = "default_entries")]
+    pub max_entries: u64,
+    /// How long a found context is reused.
+    #[serde(default = "default_ttl")]
+    pub ttl: Duration,
+    /// How long "the store has no such key" is remembered.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: default_entries(),
+            ttl: default_ttl(),
+            negative_ttl: default_negative_ttl(),
+        }
+    }
+}
+
+fn default_entries() -> u64 {
+    100_000
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// The circuit breaker around the store.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed lookups that open it.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    /// Ratio of failed lookups over `window` that opens it (0 < r ≤ 1).
+    #[serde(default = "default_ratio")]
+    pub error_ratio: f64,
+    /// Window of the ratio.
+    #[serde(default = "default_window")]
+    pub window: Duration,
+    /// Lookups within the window before the ratio counts.
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u32,
+    /// How long it stays open before one probe lookup is let through.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive(),
+            error_ratio: default_ratio(),
+            window: default_window(),
+            min_calls: default_min_calls(),
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+fn default_consecutive() -> u32 {
+    3
+}
+fn default_ratio() -> f64 {
+    0.5
+}
+fn default_window() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_min_calls() -> u32 {
+    20
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// What to do with records whose lookup failed (store error, timeout, breaker open).
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLookupError {
+    /// Attach `defaults` with `"fallback": "lookup_error"`, header `connectd-enrich: fallback`.
+    #[default]
+    Fallback,
+    /// Fail the batch as transient: the runtime backs off and retries it.
+    Retry,
+    /// Dead-letter the affected records.
+    Dlq,
+}
+
+/// What to do with a key the store does not have.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNotFound {
+    /// Attach `defaults` with `"fallback": "not_found"` (header `connectd-enrich: not_found`).
+    #[default]
+    Defaults,
+    /// Forward unchanged (header `connectd-enrich: not_found`).
+    Pass,
+    /// Dead-letter the record.
+    Dlq,
+}
+
+/// What to do with a record that has no key.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingKey {
+    /// Forward unchanged (header `connectd-enrich: no_key`).
+    #[default]
+    Pass,
+    /// Dead-letter the record.
+    Dlq,
+}
+
+/// Which key the forwarded records carry.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKey {
+    /// The idempotency key (header `connectd.idempotency_key`, else the `idempotency_key`
+    /// field); the input key when there is none. Copies of one event land in one partition.
+    #[default]
+    IdempotencyKey,
+    /// The input record's key (keeps the input's partitioning, e.g. by user).
+    Input,
+}
+
+/// Settings of an `enrich` transform.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// The read store.
+    pub store: StoreConfig,
+    /// Where the lookup key is: a JSON pointer (`/user_id`) or a top-level field name. Strings
+    /// and numbers are keys.
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// Top-level member the context object is written to (replaced if present).
+    #[serde(default = "default_field")]
+    pub field: String,
+    /// The cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Longest wait for one lookup round trip; later is a lookup error.
+    #[serde(default = "default_timeout")]
+    pub lookup_timeout: Duration,
+    /// The circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Behaviour when a lookup fails or the breaker is open.
+    #[serde(default)]
+    pub on_lookup_error: OnLookupError,
+    /// Behaviour for keys the store does not have.
+    #[serde(default)]
+    pub on_not_found: OnNotFound,
+    /// Behaviour for records without a key.
+    #[serde(default)]
+    pub on_missing_key: OnMissingKey,
+    /// Context members attached by the fallbacks (`on_lookup_error: fallback`,
+    /// `on_not_found: defaults`).
+    #[serde(default)]
+    pub defaults: Map<String, Value>,
+    /// Key of the forwarded records.
+    #[serde(default)]
+    pub output_key: OutputKey,
+}
+
+fn default_key() -> String {
+    "/user_id".into()
+}
+fn default_field() -> String {
+    "context".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// A cached answer of the store.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// The context's members, serialised without the braces (`"tier":"gold","region":"eu"`),
+    /// ready to be spliced into records.
+    Found(Arc<str>),
+    /// The store has no such key.
+    Missing,
+}
+
+/// What a key resolved to for one batch.
+#[derive(Debug, Clone)]
+enum Resolved {
+    Entry(Entry),
+    Failed,
+}
+
+/// An in-flight lookup's answer (`None` until it is known).
+type Flight = watch::Receiver<Option<Resolved>>;
+
+struct EnrichMetrics {
+    hits: Counter,
+    negative_hits: Counter,
+    misses: Counter,
+    coalesced: Counter,
+    evictions: Counter,
+    lookups: Counter,
+    keys_looked_up: Counter,
+    lookup_errors: Counter,
+    fallbacks: Counter,
+    not_found: Counter,
+    no_key: Counter,
+    enriched: Counter,
+    latency: Histogram,
+    breaker: Gauge,
+    entries: Gauge,
+}
+
+impl EnrichMetrics {
+    fn new(m: &Metrics) -> Self {
+        Self {
+            hits: m.counter("connectd_enrich_cache_hits_total", "Records whose context came from the cache"),
+            negative_hits: m.counter("connectd_enrich_cache_negative_hits_total", "Records whose key is cached as not found"),
+            misses: m.counter("connectd_enrich_cache_misses_total", "Keys not in the cache when a batch needed them (looked up, or joined an in-flight lookup)"),
+            coalesced: m.counter("connectd_enrich_single_flight_total", "Missed keys answered by another slot's in-flight lookup"),
+            evictions: m.counter("connectd_enrich_cache_evictions_total", "Entries evicted by the size bound"),
+            lookups: m.counter("connectd_enrich_lookups_total", "Store round trips"),
+            keys_looked_up: m.counter("connectd_enrich_keys_looked_up_total", "Keys sent to the store"),
+            lookup_errors: m.counter("connectd_enrich_lookup_errors_total", "Failed or timed-out store round trips"),
+            fallbacks: m.counter("connectd_enrich_fallbacks_total", "Records given the defaults because the lookup failed or the breaker was open"),
+            not_found: m.counter("connectd_enrich_not_found_total", "Records whose key the store does not have"),
+            no_key: m.counter("connectd_enrich_no_key_total", "Records without a key"),
+            enriched: m.counter("connectd_enrich_enriched_total", "Records given their context from the store"),
+            latency: m.histogram("connectd_enrich_lookup_seconds", "Store round trip per lookup", LATENCY_BUCKETS),
+            breaker: m.gauge("connectd_enrich_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open"),
+            entries: m.gauge("connectd_enrich_cache_entries", "Entries in the cache"),
+        }
+    }
+}
+
+/// State shared by the slots of one connector.
+struct Shared {
+    store: Store,
+    cache: Cache<Arc<str>, Entry>,
+    inflight: Mutex<HashMap<Arc<str>, Flight>>,
+    breaker: Mutex<Breaker>,
+    metrics: EnrichMetrics,
+    lookup_timeout: StdDuration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Shared state by connector name: the runtime builds one transform per slot.
+static SHARED: LazyLock<Mutex<HashMap<String, Weak<Shared>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Gives each cache entry the TTL of its kind.
+struct Ttl {
+    found: StdDuration,
+    missing: StdDuration,
+}
+
+impl moka::Expiry<Arc<str>, Entry> for Ttl {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Entry,
+        _created_at: Instant,
+    ) -> Option<StdDuration> {
+        Some(match value {
+            Entry::Found(_) => self.found,
+            Entry::Missing => self.missing,
+        })
+    }
+}
+
+/// Removes a batch's claims from the single-flight table when it is done — also when its
+/// future is dropped mid-lookup (waiters then see the sender gone and treat it as failed).
+struct Claims<'a> {
+    shared: &'a Shared,
+    keys: Vec<Arc<str>>,
+    senders: Vec<watch::Sender<Option<Resolved>>>,
+}
+
+impl Drop for Claims<'_> {
+    fn drop(&mut self) {
+        let mut inflight = lock(&self.shared.inflight);
+        for k in &self.keys {
+            inflight.remove(k);
+        }
+    }
+}
+
+impl Shared {
+    fn breaker_state(&self) -> BreakerState {
+        lock(&self.breaker).state(Instant::now())
+    }
+
+    /// Resolves the distinct keys of a batch not found in the cache: claims the ones nobody
+    /// is looking up, waits for the others, looks the claimed ones up in one round trip.
+    async fn resolve(&self, missing: Vec<Arc<str>>, out: &mut HashMap<Arc<str>, Resolved>) {
+        let mut claims = Claims {
+            shared: self,
+            keys: Vec::new(),
+            senders: Vec::new(),
+        };
+        let mut waits: Vec<(Arc<str>, Flight)> = Vec::new();
+        {
+            let mut inflight = lock(&self.inflight);
+            for k in missing {
+                // Checked again under the lock: a lookup that finished since the first check
+                // stored its answer before releasing its claim.
+                if let Some(e) = self.cache.get(&k) {
+                    out.insert(k, Resolved::Entry(e));
+                } else if let Some(rx) = inflight.get(&k) {
+                    waits.push((k, rx.clone()));
+                } else {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(Arc::clone(&k), rx);
+                    claims.keys.push(k);
+                    claims.senders.push(tx);
+                }
+            }
+        }
+        if !claims.keys.is_empty() {
+            let answers = self.lookup(&claims.keys).await;
+            for (k, tx) in claims.keys.iter().zip(&claims.senders) {
+                let r = match &answers {
+                    Ok(found) => Resolved::Entry(match found.get(k) {
+                        Some(inner) => Entry::Found(Arc::clone(inner)),
+                        None => Entry::Missing,
+                    }),
+                    Err(()) => Resolved::Failed,
+                };
+                if let Resolved::Entry(e) = &r {
+                    self.cache.insert(Arc::clone(k), e.clone());
+                }
+                tx.send_replace(Some(r.clone()));
+                out.insert(Arc::clone(k), r);
+            }
+        }
+        drop(claims);
+        self.metrics.coalesced.add(waits.len() as u64);
+        for (k, mut rx) in waits {
+            let r = tokio::time::timeout(
+                self.lookup_timeout + StdDuration::from_secs(1),
+                rx.wait_for(Option::is_some),
+            )
+            .await;
+            let r = match r {
+                Ok(Ok(v)) => v.clone().unwrap_or(Resolved::Failed),
+                _ => Resolved::Failed,
+            };
+            out.insert(k, r);
+        }
+    }
+
+    /// One round trip under the breaker: the members of each found key, serialised.
+    async fn lookup(&self, keys: &[Arc<str>]) -> Result<HashMap<Arc<str>, Arc<str>>, ()> {
+        let permit = lock(&self.breaker).permit(Instant::now());
+        if permit == Permit::Refused {
+            self.metrics.breaker.set(self.breaker_state().gauge());
+            return Err(());
+        }
+        self.metrics.lookups.inc();
+        self.metrics.keys_looked_up.add(keys.len() as u64);
+        let started = Instant::now();
+        let r = match tokio::time::timeout(self.lookup_timeout, self.store.lookup(keys)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.lookup_timeout)),
+        };
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        lock(&self.breaker).record(permit, r.is_ok(), Instant::now());
+        self.metrics.breaker.set(self.breaker_state().gauge());
+        match r {
+            Ok(found) => Ok(found
+                .into_iter()
+                .map(|(k, obj)| (k, members(&obj)))
+                .collect()),
+            Err(e) => {
+                self.metrics.lookup_errors.inc();
+                tracing::warn!(error = %e, keys = keys.len(), "enrich: lookup failed");
+                Err(())
+            }
+        }
+    }
+}
+
+/// An object's members without the braces.
+fn members(obj: &Map<String, Value>) -> Arc<str> {
+    let s = Value::Object(obj.clone()).to_string();
+    Arc::from(&s[1..s.len() - 1])
+}
+
+/// The transform (one per slot; see [`Shared`]).
+pub struct Enrich {
+    config: EnrichConfig,
+    key_path: KeyPath,
+    field_json: String,
+    defaults: Arc<str>,
+    shared: Arc<Shared>,
+}
+
+/// How a record is to be written.
+enum Attach<'a> {
+    Context(&'a str, Option<&'static str>),
+    Unchanged,
+}
+
+impl Enrich {
+    /// `record` with `"<field>": {<inner>, ["fallback": why,] "enriched_at": at}`.
+    fn attach(
+        &self,
+        r: &Record,
+        p: &Probe,
+        inner: &str,
+        fallback: Option<&'static str>,
+        at: &str,
+    ) -> Result<Bytes, ConnectorError> {
+        if !p.is_object {
+            return Err(ConnectorError::permanent(
+                "not_an_object",
+                "enrich needs a JSON object",
+            ));
+        }
+        let mut ctx = String::with_capacity(inner.len() + 64);
+        ctx.push('{');
+        ctx.push_str(inner);
+        if !inner.is_empty() {
+            ctx.push(',');
+        }
+        if let Some(why) = fallback {
+            ctx.push_str("\"fallback\":\"");
+            ctx.push_str(why);
+            ctx.push_str("\",");
+        }
+        ctx.push_str("\"enriched_at\":\"");
+        ctx.push_str(at);
+        ctx.push_str("\"}");
+        if p.has_field {
+            // Rare: replace the member through a full parse.
+            let mut v: Value = serde_json::from_slice(&r.value)
+                .map_err(|e| ConnectorError::permanent("invalid_json", e.to_string()))?;
+            let c: Value = serde_json::from_str(&ctx)
+                .map_err(|e| ConnectorError::permanent("internal", e.to_string()))?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert(self.config.field.clone(), c);
+            }
+            return Ok(Bytes::from(v.to_string()));
+        }
+        // Splice before the closing brace: the input is not re-serialised.
+        let v = &r.value[..];
+        let end = v
+            .iter()
+            .rposition(|b| *b == b'}')
+            .ok_or_else(|| ConnectorError::permanent("not_an_object", "no closing brace"))?;
+        let mut out = Vec::with_capacity(v.len() + self.field_json.len() + ctx.len() + 2);
+        out.extend_from_slice(&v[..end]);
+        if p.members > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(self.field_json.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(ctx.as_bytes());
+        out.push(b'}');
+        Ok(Bytes::from(out))
+    }
+
+    fn output(
+        &self,
+        r: &Record,
+        p: &Probe,
+        value: Option<Bytes>,
+        header: &'static str,
+    ) -> TransformOutcome {
+        let mut out = r.clone();
+        out.origin = None;
+        if let Some(v) = value {
+            out.value = v;
+        }
+        out.headers.set(ENRICH_HEADER, header);
+        if self.config.output_key == OutputKey::IdempotencyKey {
+            let ik = r
+                .headers
+                .get_str(IDEMPOTENCY_KEY_HEADER)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .or_else(|| p.idempotency_key.clone());
+            if let Some(ik) = ik {
+                out.key = Some(Bytes::from(ik));
+            }
+        }
+        TransformOutcome::forward(out)
+    }
+}
+
+#[async_trait]
+impl Transform for Enrich {
+    async fn transform(
+        &mut self,
+        batch: &[Record],
+    ) -> Result<Vec<TransformOutcome>, ConnectorError> {
+        let shared = Arc::clone(&self.shared);
+        let m = &shared.metrics;
+        let probes: Vec<Result<Probe, String>> = batch
+            .iter()
+            .map(|r| {
+                probe(&r.value, &self.key_path, &self.config.field).map_err(|e| format!("{e:?}"))
+            })
+            .collect();
+        // Distinct keys: served from the cache, or looked up once.
+        let mut resolved: HashMap<Arc<str>, Resolved> = HashMap::new();
+        let mut missing: Vec<Arc<str>> = Vec::new();
+        let mut first_miss: Vec<bool> = vec![false; batch.len()];
+        {
+            let mut seen: HashMap<&str, bool> = HashMap::new();
+            for (i, p) in probes.iter().enumerate() {
+                let Some(k) = p.as_ref().ok().and_then(|p| p.key.as_deref()) else {
+                    continue;
+                };
+                if seen.contains_key(k) {
+                    continue;
+                }
+                let k_arc: Arc<str> = Arc::from(k);
+                match shared.cache.get(k) {
+                    Some(e) => {
+                        resolved.insert(k_arc, Resolved::Entry(e));
+                        seen.insert(k, true);
+                    }
+                    None => {
+                        missing.push(k_arc);
+                        first_miss[i] = true;
+                        seen.insert(k, false);
+                    }
+                }
+            }
+        }
+        m.misses.add(missing.len() as u64);
+        if !missing.is_empty() {
+            shared.resolve(missing, &mut resolved).await;
+        }
+        m.entries.set(shared.cache.entry_count() as i64);
+        let failed = resolved.values().any(|r| matches!(r, Resolved::Failed));
+        if failed && self.config.on_lookup_error == OnLookupError::Retry {
+            return Err(ConnectorError::retriable(
+                if shared.breaker_state() == BreakerState::Closed {
+                    "lookup_failed"
+                } else {
+                    "breaker_open"
+                },
+                "enrich: the store did not answer; retrying the batch (on_lookup_error: retry)",
+            ));
+        }
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for ((r, p), first) in batch.iter().zip(&probes).zip(first_miss) {
+            let p = match p {
+                Ok(p) => p,
+                Err(e) => {
+                    outcomes.push(TransformOutcome::Permanent(ConnectorError::permanent(
+                        "invalid_json",
+                        format!("value is not JSON: {e}"),
+                    )));
+                    continue;
+                }
+            };
+            let Some(key) = p.key.as_deref() else {
+                m.no_key.inc();
+                outcomes.push(match self.config.on_missing_key {
+                    OnMissingKey::Pass => self.output(r, p, None, "no_key"),
+                    OnMissingKey::Dlq => TransformOutcome::Permanent(ConnectorError::permanent(
+                        "missing_key",
+                        format!("no lookup key at {:?}", self.config.key),
+                    )),
+                });
+                continue;
+            };
+            let res = resolved.get(key).cloned().unwrap_or(Resolved::Failed);
+            let attach = match &res {
+                Resolved::Entry(Entry::Found(inner)) => {
+                    if !first {
+                        m.hits.inc();
+                    }
+                    m.enriched.inc();
+                    Ok((Attach::Context(inner, None), "enriched"))
+                }
+                Resolved::Entry(Entry::Missing) => {
+                    if !first {
+                        m.negative_hits.inc();
+                    }
+                    m.not_found.inc();
+                    match self.config.on_not_found {
+                        OnNotFound::Defaults => Ok((
+                            Attach::Context(&self.defaults, Some("not_found")),
+                            "not_found",
+                        )),
+                        OnNotFound::Pass => Ok((Attach::Unchanged, "not_found")),
+                        OnNotFound::Dlq => Err(ConnectorError::permanent(
+                            "not_found",
+                            format!("no context for key {key:?}"),
+                        )),
+                    }
+                }
+                Resolved::Failed => match self.config.on_lookup_error {
+                    OnLookupError::Dlq => Err(ConnectorError::permanent(
+                        "lookup_failed",
+                        "the store did not answer (on_lookup_error: dlq)",
+                    )),
+                    _ => {
+                        m.fallbacks.inc();
+                        Ok((
+                            Attach::Context(&self.defaults, Some("lookup_error")),
+                            "fallback",
+                        ))
+                    }
+                },
+            };
+            outcomes.push(match attach {
+                Err(e) => TransformOutcome::Permanent(e),
+                Ok((Attach::Unchanged, h)) => self.output(r, p, None, h),
+                Ok((Attach::Context(inner, why), h)) => match self.attach(r, p, inner, why, &at) {
+                    Ok(v) => self.output(r, p, Some(v), h),
+                    Err(e) => TransformOutcome::Permanent(e),
+                },
+            });
+        }
+        Ok(outcomes)
+    }
+
+    fn status(&self) -> Value {
+        let m = &self.shared.metrics;
+        let hits = m.hits.get() + m.negative_hits.get();
+        let total = hits + m.misses.get();
+        let b = lock(&self.shared.breaker);
+        json!({
+            "cache_hits": m.hits.get(),
+            "cache_negative_hits": m.negative_hits.get(),
+            "cache_misses": m.misses.get(),
+            "hit_ratio": if total == 0 { 0.0 } else { hits as f64 / total as f64 },
+            "cache_entries": self.shared.cache.entry_count(),
+            "cache_evictions": m.evictions.get(),
+            "single_flight": m.coalesced.get(),
+            "lookups": m.lookups.get(),
+            "keys_looked_up": m.keys_looked_up.get(),
+            "lookup_errors": m.lookup_errors.get(),
+            "enriched": m.enriched.get(),
+            "not_found": m.not_found.get(),
+            "fallbacks": m.fallbacks.get(),
+            "no_key": m.no_key.get(),
+            "breaker": b.state(Instant::now()).as_str(),
+            "breaker_opens": b.opens(),
+        })
+    }
+}
+
+/// Factory of [`Enrich`].
+pub struct EnrichPlugin;
+
+fn url_issue(field: &str, url: &str, schemes: &[&str]) -> Option<ConfigIssue> {
+    (!schemes.iter().any(|s| url.starts_with(s)))
+        .then(|| ConfigIssue::new(field, format!("must start with one of {schemes:?}")))
+}
+
+#[async_trait]
+impl TransformPlugin for EnrichPlugin {
+    const TYPE: &'static str = "enrich";
+    const DESCRIPTION: &'static str = "Attaches a context object looked up by key in Postgres or Redis (cache, single flight, circuit breaker, fallbacks)";
+    type Config = EnrichConfig;
+
+    fn validate(c: &EnrichConfig) -> Result<(), Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        if c.key.is_empty() || c.key == "/" {
+            issues.push(ConfigIssue::new(
+                "key",
+                "must name a field or a JSON pointer",
+            ));
+        }
+        if c.field.is_empty() {
+            issues.push(ConfigIssue::new("field", "must not be empty"));
+        }
+        if c.cache.max_entries == 0 {
+            issues.push(ConfigIssue::new("cache.max_entries", "must be at least 1"));
+        }
+        for (f, d) in [
+            ("cache.ttl", &c.cache.ttl),
+            ("cache.negative_ttl", &c.cache.negative_ttl),
+            ("lookup_timeout", &c.lookup_timeout),
+            ("breaker.cooldown", &c.breaker.cooldown),
+            ("breaker.window", &c.breaker.window),
+        ] {
+            if d.as_std() < StdDuration::from_millis(1) {
+                issues.push(ConfigIssue::new(f, "must be at least 1ms"));
+            }
+        }
+        if !(c.breaker.error_ratio > 0.0 && c.breaker.error_ratio <= 1.0) {
+            issues.push(ConfigIssue::new("breaker.error_ratio", "must be in (0, 1]"));
+        }
+        if c.breaker.consecutive_failures == 0 {
+            issues.push(ConfigIssue::new(
+                "breaker.consecutive_failures",
+                "must be at least 1",
+            ));
+        }
+        match &c.store {
+            StoreConfig::Postgres {
+                database_url,
+                query,
+                key_column,
+                pool_size,
+            } => {
+                issues.extend(url_issue(
+                    "store.database_url",
+                    database_url.expose(),
+                    &["postgres://", "postgresql://"],
+                ));
+                if !query.contains("$1") {
+                    issues.push(ConfigIssue::new(
+                        "store.query",
+                        "must use $1 (the keys, text[]), e.g. where user_id = any($1::uuid[])",
+                    ));
+                }
+                if key_column.as_deref().is_some_and(str::is_empty) {
+                    issues.push(ConfigIssue::new("store.key_column", "must not be empty"));
+                }
+                if *pool_size == 0 {
+                    issues.push(ConfigIssue::new("store.pool_size", "must be at least 1"));
+                }
+            }
+            StoreConfig::Redis {
+                redis_url,
+                key_template,
+            } => {
+                issues.extend(url_issue(
+                    "store.redis_url",
+                    redis_url.expose(),
+                    &["redis://", "rediss://", "unix://"],
+                ));
+                if !key_template.contains("{key}") {
+                    issues.push(ConfigIssue::new(
+                        "store.key_template",
+                        "must contain {key}, e.g. profile:{key}",
+                    ));
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(issues)
+        }
+    }
+
+    async fn build(
+        config: EnrichConfig,
+        ctx: TransformContext,
+    ) -> Result<Box<dyn Transform>, ConnectorError> {
+        let key_path = KeyPath::parse(&config.key);
+        let shared = {
+            let mut all = lock(&SHARED);
+            all.retain(|_, w| w.strong_count() > 0);
+            match all.get(&ctx.name).and_then(Weak::upgrade) {
+                Some(s) => s,
+                None => {
+                    let s = Arc::new(new_shared(&config, &ctx)?);
+                    all.insert(ctx.name.clone(), Arc::downgrade(&s));
+                    s
+                }
+            }
+        };
+        let field_json = serde_json::to_string(&config.field)
+            .map_err(|e| ConnectorError::permanent("bad_config", e.to_string()))?;
+        Ok(Box::new(Enrich {
+            key_path,
+            field_json,
+            defaults: members(&config.defaults),
+            shared,
+            config,
+        }))
+    }
+}
+
+fn new_shared(config: &EnrichConfig, ctx: &TransformContext) -> Result<Shared, ConnectorError> {
+    let timeout = config.lookup_timeout.as_std();
+    let store = match &config.store {
+        StoreConfig::Postgres {
+            database_url,
+            query,
+            key_column,
+            pool_size,
+        } => {
+            let options: sqlx::postgres::PgConnectOptions =
+                database_url.expose().parse().map_err(|e: sqlx::Error| {
+                    ConnectorError::permanent("bad_database_url", e.to_string())
+                })?;
+            let options = options.options([("statement_timeout", timeout.as_millis().to_string())]);
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(*pool_size)
+                .acquire_timeout(timeout)
+                .connect_lazy_with(options);
+            let key_column = key_column.clone().unwrap_or_else(|| {
+                config
+                    .key
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&config.key)
+                    .to_string()
+            });
+            Store::Postgres {
+                pool,
+                sql: wrap_query(query),
+                key_column,
+            }
+        }
+        StoreConfig::Redis {
+            redis_url,
+            key_template,
+        } => Store::Redis {
+            conn: Arc::new(
+                RedisConn::new(redis_url.expose(), timeout)
+                    .map_err(|e| ConnectorError::permanent("bad_redis_url", e.to_string()))?,
+            ),
+            key_template: key_template.clone(),
+        },
+    };
+    let metrics = EnrichMetrics::new(&ctx.metrics);
+    let evictions = metrics.evictions.clone();
+    let cache = Cache::builder()
+        .max_capacity(config.cache.max_entries)
+        .expire_after(Ttl {
+            found: config.cache.ttl.as_std(),
+            missing: config.cache.negative_ttl.as_std(),
+        })
+        .eviction_listener(move |_k, _v, cause| {
+            if cause == RemovalCause::Size {
+                evictions.inc();
+            }
+        })
+        .build();
+    let b = &config.breaker;
+    Ok(Shared {
+        store,
+        cache,
+        inflight: Mutex::new(HashMap::new()),
+        breaker: Mutex::new(Breaker::new(BreakerPolicy {
+            consecutive_failures: b.consecutive_failures,
+            error_ratio: b.error_ratio,
+            window: b.window.as_std(),
+            min_calls: b.min_calls,
+            cooldown: b.cooldown.as_std(),
+        })),
+        metrics,
+        lookup_timeout: timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(v: Value) -> EnrichConfig {
+        serde_json::from_value(v).expect("config")
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let c = config(json!({
+            "store": {"type": "postgres", "database_url": "mysql://x", "query": "select 1"},
+            "key": "",
+            "cache": {"max_entries": 0},
+            "breaker": {"error_ratio": 1.5}
+        }));
+        let issues = EnrichPlugin::validate(&c).expect_err("invalid");
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        for p in [
+            "key",
+            "cache.max_entries",
+            "breaker.error_ratio",
+            "store.database_url",
+            "store.query",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        let c = config(json!({
+            "store": {"type": "redis", "redis_url": "redis://h:1", "key_template": "profile"}
+        }));
+        let issues = EnrichPlugin::validate(&c).expect_err("invalid");
+        assert_eq!(issues[0].path, "store.key_template");
+        let c = config(json!({
+            "store": {"type": "redis", "redis_url": "redis://h:1", "key_template": "p:{key}"}
+        }));
+        assert!(EnrichPlugin::validate(&c).is_ok());
+        assert!(serde_json::from_value::<EnrichConfig>(json!({
+            "store": {"type": "redis", "redis_url": "redis://h", "key_template": "p:{key}", "x": 1}
+        }))
+        .is_err(), "unknown store settings are refused");
+    }
+
+    fn enrich(field: &str) -> Enrich {
+        let c = config(json!({
+            "store": {"type": "redis", "redis_url": "redis://127.0.0.1:1", "key_template": "p:{key}"},
+            "field": field
+        }));
+        let ctx = TransformContext {
+            name: format!("unit-{field}"),
+            output_topic: "o".into(),
+            metrics: Metrics::new(),
+            shutdown: Shutdown::never(),
+        };
+        Enrich {
+            key_path: KeyPath::parse(&c.key),
+            field_json: serde_json::to_string(&c.field).expect("json"),
+            defaults: members(&c.defaults),
+            shared: Arc::new(new_shared(&c, &ctx).expect("shared")),
+            config: c,
+        }
+    }
+
+    fn attached(e: &Enrich, v: &str, inner: &str, why: Option<&'static str>) -> Value {
+        let r = Record::new(v.to_string());
+        let p = probe(v.as_bytes(), &e.key_path, &e.config.field).expect("probe");
+        let b = e
+            .attach(&r, &p, inner, why, "2026-12-02T00:00:00.000Z")
+            .expect("attach");
+        serde_json::from_slice(&b).expect("valid JSON")
+    }
+
+    #[tokio::test]
+    async fn context_is_spliced_into_the_object_or_replaces_the_member() {
+        let e = enrich("context");
+        let v = attached(&e, r#"{"user_id":"u","n":1}  "#, r#""tier":"gold""#, None);
+        assert_eq!(
+            v,
+            json!({"user_id":"u","n":1,"context":{"tier":"gold","enriched_at":"2026-12-02T00:00:00.000Z"}})
+        );
+        let v = attached(&e, r#"{}"#, "", Some("not_found"));
+        assert_eq!(
+            v,
+            json!({"context":{"fallback":"not_found","enriched_at":"2026-12-02T00:00:00.000Z"}})
+        );
+        let v = attached(
+            &e,
+            r#"{"user_id":"u","context":{"old":true}}"#,
+            r#""a":1"#,
+            None,
+        );
+        assert_eq!(
+            v["context"],
+            json!({"a":1,"enriched_at":"2026-12-02T00:00:00.000Z"})
+        );
+        let e = enrich("we\"ird");
+        let v = attached(&e, r#"{"user_id":"u"}"#, "", None);
+        assert!(v["we\"ird"].is_object());
+    }
+
+    #[test]
+    fn members_drop_the_braces() {
+        let m: Map<String, Value> = serde_json::from_str(r#"{"a":1,"b":"x"}"#).expect("map");
+        assert_eq!(&*members(&m), r#""a":1,"b":"x""#);
+        assert_eq!(&*members(&Map::new()), "");
+    }
+}
