@@ -676,6 +676,13 @@ impl Transform for Enrich {
                     continue;
                 }
             };
+            if !p.is_object {
+                outcomes.push(TransformOutcome::Permanent(ConnectorError::permanent(
+                    "not_an_object",
+                    "enrich needs a JSON object",
+                )));
+                continue;
+            }
             let Some(key) = p.key.as_deref() else {
                 m.no_key.inc();
                 outcomes.push(match self.config.on_missing_key {
