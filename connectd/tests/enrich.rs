@@ -274,6 +274,16 @@ async fn status(c: &Connectd) -> Value {
     serde_json::from_str(&s).expect("status json")
 }
 
+/// A record's idempotency key and its parsed value.
+fn keyed(value: &str) -> (String, Value) {
+    let v: Value = serde_json::from_str(value).expect("json");
+    let k = v["idempotency_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (k, v)
+}
+
 /// Records by idempotency key (the last copy wins) from `topic`, read again from the start
 /// until `at_least` distinct keys are there (redeliveries after a crash are copies) or the
 /// timeout.
@@ -283,16 +293,7 @@ async fn by_key(topic: &str, at_least: usize, timeout: Duration) -> HashMap<Stri
         let got: HashMap<String, Value> = read_all(topic, at_least, Duration::from_secs(20))
             .await
             .iter()
-            .map(|c| {
-                let v: Value = serde_json::from_str(&c.value).expect("json");
-                (
-                    v["idempotency_key"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    v,
-                )
-            })
+            .map(|c| keyed(&c.value))
             .collect();
         if got.len() >= at_least || std::time::Instant::now() >= deadline {
             return got;
@@ -557,13 +558,7 @@ async fn kill_9_three_times_mid_stream_loses_no_event() {
     let before: HashSet<String> = read_all(&output, n, Duration::from_secs(3))
         .await
         .iter()
-        .map(|c| {
-            let v: Value = serde_json::from_str(&c.value).expect("json");
-            v["idempotency_key"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
+        .map(|c| keyed(&c.value).0)
         .collect();
     assert!(
         before.len() < n,
