@@ -14,6 +14,7 @@ COUNT="${COUNT:-20000}"
 RATE="${RATE:-0}"
 MAX_SECONDS="${MAX_SECONDS:-600}"
 DRAIN_SECONDS="${DRAIN_SECONDS:-180}"
+USERS=500
 
 die() {
   echo "demo.sh: FAILED: $*" >&2
@@ -54,6 +55,14 @@ for i in $(seq 1 150); do
   sleep 0.2
 done
 
+# enrich's read store: a profile for 9 of every 10 users the load generator draws (the tenth
+# gets the defaults, marked "fallback": "not_found").
+./target/release/loadgen --key "$CONNECTD_DEMO_KEY" --users "$USERS" --list-users \
+  | awk '{ tiers[0] = "free"; tiers[1] = "pro"; tiers[2] = "enterprise"; regions[0] = "eu"; regions[1] = "us"; regions[2] = "apac"
+           if (NR % 10 != 0) printf "%s\t%s\t%s\n", $1, tiers[NR % 3], regions[int(NR / 3) % 3] }' \
+  | psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "CREATE TEMP TABLE p (user_id uuid, tier text, region text)" -c "COPY p FROM STDIN" \
+    -c "INSERT INTO user_profiles (user_id, tier, region) SELECT * FROM p ON CONFLICT (user_id) DO UPDATE SET tier = excluded.tier, region = excluded.region, updated_at = now()" >&2
+
 redis_q() { redis-cli -u "$REDIS_URL" --no-auth-warning "$@"; }
 REDIS_TOTAL_BEFORE=$(redis_q GET events:total)
 REDIS_TOTAL_BEFORE=${REDIS_TOTAL_BEFORE:-0}
@@ -66,7 +75,7 @@ grep -q '^connected' .dev/stream.err || { cat .dev/stream.err >&2; die "connectd
 echo "== sending $COUNT events (+20% duplicates and client retries, 1% invalid, 0.5% poison) as run $RUN" >&2
 rm -f .dev/loadgen-report.json
 if ! ./target/release/loadgen --url "http://$CONNECTD_HTTP" --key "$CONNECTD_DEMO_KEY" --count "$COUNT" --rate "$RATE" \
-  --batch 100 --dup-ratio 0.2 --invalid-ratio 0.01 --poison-ratio 0.005 --users 500 --concurrency 8 \
+  --batch 100 --dup-ratio 0.2 --invalid-ratio 0.01 --poison-ratio 0.005 --users "$USERS" --concurrency 8 \
   --max-seconds "$MAX_SECONDS" --run-id "$RUN" --report .dev/loadgen-report.json; then
   trap - ERR
   tail -n 20 .dev/connectd.log >&2 || true
@@ -108,7 +117,19 @@ DUPS=$(curl -s "http://$CONNECTD_ADMIN/connectors/dedup" | python3 -c 'import js
 SENT=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["events_sent"])')
 INVALID=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["invalid_events_sent"])')
 REPLAYS=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["replayed_responses"])')
+# What enrich attached (growth_events.context), checked against user_profiles.
+read -r ENRICHED MATCHED NOT_FOUND LOOKUP_FALLBACK NO_CONTEXT UNKNOWN_USERS_ROWS < <(psql_q "
+  SELECT count(*) FILTER (WHERE g.context IS NOT NULL AND g.context->>'fallback' IS NULL),
+         count(*) FILTER (WHERE g.context->>'fallback' IS NULL AND g.context->>'tier' = p.tier AND g.context->>'region' = p.region),
+         count(*) FILTER (WHERE g.context->>'fallback' = 'not_found'),
+         count(*) FILTER (WHERE g.context->>'fallback' = 'lookup_error'),
+         count(*) FILTER (WHERE g.context IS NULL),
+         count(*) FILTER (WHERE p.user_id IS NULL)
+  FROM growth_events g LEFT JOIN user_profiles p USING (user_id) WHERE g.source = '$RUN'" | tr '|' ' ')
+HIT_RATIO=$(curl -s "http://$CONNECTD_ADMIN/connectors/enrich" | python3 -c 'import json,sys;d=json.load(sys.stdin)["details"];print("%.3f" % d.get("hit_ratio",0))')
 ok() { [ "$1" -eq "$2" ] && echo OK || echo MISMATCH; }
+CHECK_ENRICHED=$(ok "$MATCHED" "$ENRICHED")
+CHECK_CONTEXT=$(ok $((ENRICHED + NOT_FOUND + LOOKUP_FALLBACK)) "$ROWS")
 CHECK_ROWS=$(ok $((ROWS + DEAD)) "$ACCEPTED")
 CHECK_DEAD=$(ok "$DEAD" "$POISON")
 CHECK_REDIS=$(ok "$COUNTED" "$ACCEPTED")
@@ -127,6 +148,11 @@ rows stored in growth_events                    : $ROWS
 dead letters in dead_letters (poison)           : $DEAD   (poison accepted: $POISON)
 check: rows + dead letters == accepted          : $((ROWS + DEAD)) == $ACCEPTED  $CHECK_ROWS
 check: dead letters == poison accepted          : $DEAD == $POISON  $CHECK_DEAD
+rows enriched from user_profiles (enrich)       : $ENRICHED   (cache hit ratio $HIT_RATIO)
+check: enriched rows carry their user's profile : $MATCHED == $ENRICHED  $CHECK_ENRICHED
+rows with defaults: user has no profile         : $NOT_FOUND   (rows of users without a profile: $UNKNOWN_USERS_ROWS)
+rows with defaults: store unavailable           : $LOOKUP_FALLBACK
+check: enriched + defaults == rows              : $((ENRICHED + NOT_FOUND + LOOKUP_FALLBACK)) == $ROWS  $CHECK_CONTEXT
 events counted in Redis by redis_sink (activity): $COUNTED
 check: events counted in Redis == accepted      : $COUNTED == $ACCEPTED  $CHECK_REDIS
 events in event_counts_per_minute (aggregate)   : $PER_MINUTE
@@ -150,6 +176,8 @@ connectd keeps running (pid $(cat .dev/connectd.pid)):
   stop    kill \$(cat .dev/connectd.pid)
 SUMMARY
 [ "$CHECK_ROWS" = OK ] || die "rows + dead letters ($((ROWS + DEAD))) != distinct events accepted ($ACCEPTED) after ${DRAIN_SECONDS}s; connectd log: .dev/connectd.log"
+[ "$CHECK_ENRICHED" = OK ] || die "$((ENRICHED - MATCHED)) enriched rows do not carry their user's profile; connectd log: .dev/connectd.log"
+[ "$CHECK_CONTEXT" = OK ] || die "$NO_CONTEXT stored rows have no context from enrich; connectd log: .dev/connectd.log"
 [ "$CHECK_REDIS" = OK ] || die "events counted by redis_sink ($COUNTED) != distinct events accepted ($ACCEPTED); connectd log: .dev/connectd.log"
 [ "$CHECK_MINUTE" = OK ] || die "events counted per minute by the aggregate ($PER_MINUTE) != distinct events accepted ($ACCEPTED); connectd log: .dev/connectd.log"
 [ "$CHECK_DEAD" = OK ] || die "dead letters ($DEAD) != poison events accepted ($POISON); connectd log: .dev/connectd.log"

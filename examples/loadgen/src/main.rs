@@ -14,6 +14,8 @@
 //!   payload, which jsonb cannot store) — expected in `dead_letters`.
 //!
 //! * `--gzip`: request bodies sent with `Content-Encoding: gzip`.
+//! * `--list-users`: print the user ids the run would draw (same `--users` and `--seed`) and
+//!   exit.
 //!
 //! Prints a progress line every second and a final summary; `--report FILE` writes it as JSON.
 //!
@@ -91,6 +93,10 @@ struct Args {
     /// Send bodies gzip-compressed (`Content-Encoding: gzip`).
     #[arg(long)]
     gzip: bool,
+    /// Print the `--users` user ids this `--seed` draws, one per line, and exit without
+    /// sending anything (the demo fills `user_profiles` for them).
+    #[arg(long)]
+    list_users: bool,
 }
 
 #[derive(Default)]
@@ -408,6 +414,10 @@ async fn main() -> anyhow::Result<()> {
                 .to_string()
         })
         .collect();
+    if args.list_users {
+        println!("{}", users.join("\n"));
+        return Ok(());
+    }
     let generator = Arc::new(Mutex::new(Generator {
         rng,
         users,
