@@ -82,15 +82,19 @@ merge() { python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.
 
 stop_connectd() { kill -TERM "$CD_PID" 2>/dev/null || true; wait "$CD_PID" 2>/dev/null || true; }
 
-# Runs config $1 until group $2 committed $3 records of topic $4; records section $5.
+# Runs config $1 until group $2 committed $3 records of topic $4; records section $5. With $6,
+# the `details` of connector $6 from the admin API are recorded too.
 consume_bench() {
-  local cfg=$1 group=$2 count=$3 topic=$4 section=$5
+  local cfg=$1 group=$2 count=$3 topic=$4 section=$5 connector=${6:-}
   local line stats before
   before=$(svc_cpu)
   start_connectd "$cfg" "$OUT_DIR/$section.log"
   line=$("$KB" wait-group --group "$group" --topic "$topic" --count "$count")
   stats=$(proc_stats)
   stats=$(merge "$stats" "$(svc_delta "$before" "$(svc_cpu)")")
+  if [ -n "$connector" ]; then
+    stats=$(merge "$stats" "$(curl -sf "http://$CD_ADMIN/connectors/$connector" | python3 -c 'import json,sys; print(json.dumps({"details": json.load(sys.stdin)["details"]}))')")
+  fi
   stop_connectd
   record "$section" "$(merge "$line" "$stats")"
 }
@@ -158,6 +162,47 @@ connectors:
     batch: { max_records: 5000, linger: 20ms }
 YAML
   consume_bench "$OUT_DIR/dedup.yaml" "$S-dd" "$COUNT" "$S-dd" redis_dedup
+
+  # -- enrich: 1M envelopes of 50,000 users (hit ratio 95%) looked up in a PostgreSQL table of
+  #    their profiles; the same topic through `forward` (the broker-and-runtime ceiling), and
+  #    through enrich with the store unreachable (every record takes the fallback path)
+  psql_q "CREATE TABLE profiles_$S (user_id uuid PRIMARY KEY, tier text NOT NULL, region text NOT NULL);
+    INSERT INTO profiles_$S SELECT format('%s-0000-4000-8000-%s', lpad(to_hex(i), 8, '0'), lpad(to_hex(i), 12, '0'))::uuid,
+      (ARRAY['free', 'pro', 'enterprise'])[1 + i % 3], (ARRAY['eu', 'us', 'apac'])[1 + i % 3] FROM generate_series(0, 49999) i" >/dev/null
+  before=$(svc_cpu)
+  line=$("$KB" lookup-ceiling --table "profiles_$S" --keys 50000 --batch 5000 --conns 2)
+  record lookup_ceiling "$(merge "$line" "$(svc_delta "$before" "$(svc_cpu)")")"
+  "$KB" envelopes --topic "$S-en" --count "$COUNT" >/dev/null
+  cat >"$OUT_DIR/forward_envelopes.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+connectors:
+  - { name: fwd, type: forward, input: $S-en, output: $S-en-fwd, group_id: $S-en-fwd, max_in_flight: 2, batch: { max_records: 5000, linger: 20ms } }
+YAML
+  consume_bench "$OUT_DIR/forward_envelopes.yaml" "$S-en-fwd" "$COUNT" "$S-en" forward_envelopes
+  for mode in up down; do
+    if [ "$mode" = up ]; then url='${DATABASE_URL}'; else url="postgres://connectd:connectd@127.0.0.1:1/connectd"; fi
+    cat >"$OUT_DIR/enrich_$mode.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+connectors:
+  - name: enrich$S$mode
+    type: enrich
+    input: $S-en
+    output: $S-en-$mode
+    group_id: $S-en-$mode
+    key: /user_id
+    store:
+      type: postgres
+      database_url: $url
+      query: select user_id, tier, region from profiles_$S where user_id = any(\$1::uuid[])
+    defaults: { tier: unknown, region: unknown }
+    max_in_flight: 2
+    batch: { max_records: 5000, linger: 20ms }
+YAML
+    consume_bench "$OUT_DIR/enrich_$mode.yaml" "$S-en-$mode" "$COUNT" "$S-en" "enrich_$mode" "enrich$S$mode"
+  done
+  psql_q "DROP TABLE profiles_$S" >/dev/null
 
   # -- redis_sink: 1M envelopes, ZINCRBY + XADD per record through the cursor script
   record redis_ops_ceiling "$("$KB" redis-ops-ceiling --records "$COUNT")"

@@ -112,6 +112,24 @@ def cpu_row(section, label, steady="steady_per_second"):
 
 
 pg_ceiling_us = us("pg_unnest_2", "postgres_cpu_seconds")
+
+
+def detail(section, key, digits=0):
+    """Median of one `details` field of the connector (admin API) over the section's runs."""
+    v = [r["details"][key] for r in by.get(section, []) if key in r.get("details", {})]
+    return "—" if not v else f"{statistics.median(v):,.{digits}f}"
+
+
+def enrich_ceiling():
+    """Records/s the store allows at the run's hit ratio: lookups/s ÷ the miss share."""
+    keys, hit = med("lookup_ceiling", "per_second"), [r["details"]["hit_ratio"] for r in by.get("enrich_up", []) if "hit_ratio" in r.get("details", {})]
+    if not keys or not hit or statistics.median(hit) >= 1:
+        return None
+    return keys / (1 - statistics.median(hit))
+
+
+enrich_c = enrich_ceiling()
+fwd_env = med("forward_envelopes", "steady_per_second")
 e2e_acc = [r["accepted_distinct_keys"] / r["seconds"] for r in by.get("e2e", []) if r.get("seconds")]
 
 print(f"""# BENCHMARKS
@@ -134,6 +152,7 @@ group join on Tansu) to the consumer group's commit of the last record, and in s
 | PostgreSQL `COPY` into a temporary staging table + `INSERT … SELECT … ON CONFLICT DO NOTHING`, 5000-row chunks, 2 connections | {fmt("pg_copy_staging_2")} |
 | PostgreSQL raw `COPY` (not idempotent), 5000-row chunks, 1 connection | {fmt("pg_copy_1")} |
 | PostgreSQL: the `aggregate` benchmark's merges from memory — 1M events folded per 10,000 into (minute, user) partials, `INSERT … SELECT unnest … ON CONFLICT DO UPDATE SET events = events + excluded.events, …`, 2 connections | {fmt("agg_ceiling")} events/s |
+| PostgreSQL: `enrich`'s lookup from memory — the 50,000 distinct users of the `enrich` benchmark, 5000 keys per `select row_to_json(t) … where user_id = any($1::uuid[])`, 2 connections | {fmt("lookup_ceiling")} keys/s (PostgreSQL CPU {"—" if us("lookup_ceiling", "postgres_cpu_seconds") is None else f"{us('lookup_ceiling', 'postgres_cpu_seconds'):.1f}"} µs/key); at the `enrich` run's hit ratio that allows {"—" if enrich_c is None else f"{enrich_c:,.0f}"} records/s |
 | Redis pipelined `SET NX EX` (2000 per pipeline) | {fmt("redis_ceiling")} |
 | Redis pipelined `ZINCRBY` + `XADD` per record (2000 records per pipeline, no cursor) | {fmt("redis_ops_ceiling")} |
 | broker produce, rdkafka (idempotent, `acks=all`, {size}-byte records) | {fmt("broker_produce")} |
@@ -148,6 +167,9 @@ group join on Tansu) to the consumer group's commit of the last record, and in s
 | `redis_sink`: 1M envelopes, `ZINCRBY` + `XADD` per record through the cursor script (2 slots) | {fmt("redis_sink")} records/s | {fmt("redis_sink", "steady_per_second")} records/s | {pct(med("redis_sink", "steady_per_second"), med("redis_ops_ceiling", "per_second"))} of pipelined `ZINCRBY` + `XADD` | {fmt("redis_sink", "cpu_us_per_record", 2)} | {fmt("redis_sink", "peak_rss_mb", 1)} |
 | `aggregate`: 1M events of 10k users over 10 minutes → one-minute windows by user (count + sum; {fmt("aggregate_rows", "rows")} rows, {fmt("aggregate_rows", "open_rows")} open at the end), merged in the offsets' transaction (2 slots merging in parallel under `late_events: update`, 10,000-record batches) | {fmt("aggregate")} records/s | {fmt("aggregate", "steady_per_second")} records/s | {pct(med("aggregate", "steady_per_second"), med("agg_ceiling", "per_second"))} of the same merges from memory ({fmt("agg_ceiling")} records/s); {pct(med("aggregate", "steady_per_second"), best_idem)} of the unnest insert ceiling | {fmt("aggregate", "cpu_us_per_record", 2)} | {fmt("aggregate", "peak_rss_mb", 1)} |
 | `forward`: {size}-byte records topic → topic (2 slots) | {fmt("forward")} records/s | {fmt("forward", "steady_per_second")} records/s | {pct(med("forward", "steady_per_second"), med("broker_produce", "per_second"))} of broker produce | {fmt("forward", "cpu_us_per_record", 2)} | {fmt("forward", "peak_rss_mb", 1)} |
+| `forward`: the `enrich` benchmark's 1M envelopes (~300 bytes) topic → topic (2 slots): the broker-and-runtime ceiling of `enrich` | {fmt("forward_envelopes")} records/s | {fmt("forward_envelopes", "steady_per_second")} records/s | {pct(fwd_env, med("broker_produce", "per_second"))} of broker produce | {fmt("forward_envelopes", "cpu_us_per_record", 2)} | {fmt("forward_envelopes", "peak_rss_mb", 1)} |
+| `enrich`: the same 1M envelopes, 50,000 users looked up in PostgreSQL (hit ratio {detail("enrich_up", "hit_ratio", 3)}, {detail("enrich_up", "lookups")} lookup queries, {detail("enrich_up", "enriched")} enriched), topic → topic (2 slots) | {fmt("enrich_up")} records/s | {fmt("enrich_up", "steady_per_second")} records/s | {pct(med("enrich_up", "steady_per_second"), fwd_env)} of `forward` on the same records; {pct(med("enrich_up", "steady_per_second"), enrich_c)} of the lookup ceiling at this hit ratio | {fmt("enrich_up", "cpu_us_per_record", 2)} | {fmt("enrich_up", "peak_rss_mb", 1)} |
+| `enrich`, store unreachable (connection refused): breaker open after {detail("enrich_down", "lookup_errors")} failed lookups, {detail("enrich_down", "fallbacks")} records with the defaults | {fmt("enrich_down")} records/s | {fmt("enrich_down", "steady_per_second")} records/s | {pct(med("enrich_down", "steady_per_second"), med("enrich_up", "steady_per_second"))} of the store-up rate | {fmt("enrich_down", "cpu_us_per_record", 2)} | {fmt("enrich_down", "peak_rss_mb", 1)} |
 | `http_source`: 100-event requests, 16 concurrent, 202 after broker ack | {fmt("http_source", "events_per_second")} events/s; p50 {fmt("http_source", "latency_ms_p50", 1)} ms, p99 {fmt("http_source", "latency_ms_p99", 1)} ms | at half that rate: p50 {fmt("http_half", "latency_ms_p50", 1)} ms, p99 {fmt("http_half", "latency_ms_p99", 1)} ms | {pct(http, med("broker_produce", "per_second"))} of broker produce | {http_us("http_source")} | {fmt("http_source", "peak_rss_mb", 1)} |
 | `http_source`: the same requests with versioned contracts on (each payload checked against its type's JSON Schema) | {fmt("http_contracts", "events_per_second")} events/s; p50 {fmt("http_contracts", "latency_ms_p50", 1)} ms, p99 {fmt("http_contracts", "latency_ms_p99", 1)} ms | — | {pct(med("http_contracts", "events_per_second"), http)} of contracts off | {http_us("http_contracts")} | {fmt("http_contracts", "peak_rss_mb", 1)} |
 | `http_source`: the same requests gzip-compressed (`Content-Encoding: gzip`) | {fmt("http_gzip", "events_per_second")} events/s; p50 {fmt("http_gzip", "latency_ms_p50", 1)} ms, p99 {fmt("http_gzip", "latency_ms_p99", 1)} ms | — | {pct(med("http_gzip", "events_per_second"), http)} of uncompressed | {http_us("http_gzip")} | {fmt("http_gzip", "peak_rss_mb", 1)} |
@@ -169,6 +191,9 @@ divided by the CPU all processes spend per record ("CPU-bound limit").
 {cpu_row("redis_sink", "`redis_sink`")}
 {cpu_row("aggregate", "`aggregate`")}
 {cpu_row("forward", "`forward`")}
+{cpu_row("forward_envelopes", "`forward` (envelopes)")}
+{cpu_row("enrich_up", "`enrich`, store up")}
+{cpu_row("enrich_down", "`enrich`, store down")}
 {cpu_row("e2e_stats", "end to end (per distinct accepted event)", (f"{statistics.median(e2e_acc):,.0f} accepted/s" if e2e_acc else "—"))}
 
 ## Live stream: `GET /v1/stream` through Redis Pub/Sub

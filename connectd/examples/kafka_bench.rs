@@ -10,6 +10,7 @@
 //! kafka_bench agg-ceiling --records N [--groups 10000 --minutes 10]         # aggregate upserts from memory
 //! kafka_bench redis-ceiling --keys N                                        # pipelined SET NX EX
 //! kafka_bench redis-ops-ceiling --records N                                 # pipelined ZINCRBY + XADD
+//! kafka_bench lookup-ceiling --table T --keys N [--batch 5000 --conns 2]     # enrich's batched lookup
 //! ```
 //! Each prints one JSON line: `{"what":…, "records":…, "seconds":…, "per_second":…}`.
 
@@ -109,6 +110,21 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         minutes: u64,
         #[arg(long, default_value_t = 10_000)]
+        batch: u64,
+        #[arg(long, default_value_t = 2)]
+        conns: u64,
+    },
+    /// The enrich benchmark's store side alone: the `--keys` distinct users of the envelopes
+    /// (`envelope`'s user ids) looked up `--batch` at a time with the query enrich sends
+    /// (`row_to_json` of `= any($1::uuid[])`), `--conns` in parallel; every key must be found.
+    LookupCeiling {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long)]
+        table: String,
+        #[arg(long, default_value_t = 50_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 5000)]
         batch: u64,
         #[arg(long, default_value_t = 2)]
         conns: u64,
@@ -283,6 +299,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             batch,
             conns,
         } => agg_ceiling(&database_url, records, groups, minutes, batch, conns).await?,
+        Cmd::LookupCeiling {
+            database_url,
+            table,
+            keys,
+            batch,
+            conns,
+        } => lookup_ceiling(&database_url, &table, keys, batch, conns).await?,
         Cmd::RedisCeiling {
             redis_url,
             keys,
@@ -443,6 +466,51 @@ fn envelope(tag: &str, n: u64) -> String {
         (n / 60) % 60,
         n % 50
     )
+}
+
+/// The user id of `envelope(_, n)`.
+fn envelope_user(n: u64) -> String {
+    format!("{:08x}-0000-4000-8000-{:012x}", n % 50_000, n % 50_000)
+}
+
+async fn lookup_ceiling(
+    url: &str,
+    table: &str,
+    keys: u64,
+    batch: u64,
+    conns: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(conns as u32)
+        .connect(url)
+        .await?;
+    let sql = format!("select row_to_json(t)::text from (select user_id, tier, region from {table} where user_id = any($1::uuid[])) t");
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (pool, sql) = (pool.clone(), sql.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut found = 0u64;
+            let mut i = c * batch;
+            while i < keys {
+                let ks: Vec<String> = (i..(i + batch).min(keys)).map(envelope_user).collect();
+                let rows: Vec<String> = sqlx::query_scalar(&sql).bind(&ks).fetch_all(&pool).await?;
+                found += rows.len() as u64;
+                i += conns * batch;
+            }
+            Ok::<u64, sqlx::Error>(found)
+        }));
+    }
+    let mut found = 0;
+    for t in tasks {
+        found += t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if found != keys {
+        return Err(format!("lookup ceiling found {found} of {keys} keys in {table}").into());
+    }
+    report("lookup_ceiling", keys, secs);
+    Ok(())
 }
 
 /// An envelope of user `n % groups` whose event time rises with `n` through `minutes` minutes
