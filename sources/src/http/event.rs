@@ -175,6 +175,8 @@ pub struct Enveloped {
     pub idempotency_key: String,
     /// The envelope (JSON object).
     pub envelope: Value,
+    /// The Kafka key, filled in from the source's `partition_key` once the envelope is built.
+    pub partition_key: String,
 }
 
 /// Fields of the growth-event shape; everything else goes into `payload`.
@@ -347,20 +349,8 @@ pub fn envelope(
         index,
         idempotency_key,
         envelope,
+        partition_key: String::new(),
     })
-}
-
-/// The partition key: the named envelope fields joined with `|`.
-pub fn partition_key(envelope: &Value, fields: &[String]) -> String {
-    fields
-        .iter()
-        .map(|f| match &envelope[f.as_str()] {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("|")
 }
 
 #[cfg(test)]
@@ -483,12 +473,21 @@ mod tests {
     }
 
     #[test]
-    fn partition_key_joins_fields() {
+    fn partition_key_joins_envelope_fields_and_pointers_into_the_event() {
+        use crate::http::shape::partition_key;
         let env = json!({"user_id": "u", "event_type": "e"});
-        assert_eq!(partition_key(&env, &["user_id".into()]), "u");
+        let ev = json!({"account": {"id": 7}});
         assert_eq!(
-            partition_key(&env, &["user_id".into(), "event_type".into()]),
-            "u|e"
+            partition_key(&env, &ev, &["user_id".into()]).as_deref(),
+            Ok("u")
+        );
+        assert_eq!(
+            partition_key(&env, &ev, &["user_id".into(), "event_type".into()]).as_deref(),
+            Ok("u|e")
+        );
+        assert_eq!(
+            partition_key(&env, &ev, &["/account/id".into(), "event_type".into()]).as_deref(),
+            Ok("7|e")
         );
     }
 }

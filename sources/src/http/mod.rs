@@ -35,6 +35,7 @@ mod encoding;
 pub mod event;
 mod ratelimit;
 mod server;
+pub mod shape;
 pub mod stream;
 
 use std::path::PathBuf;
@@ -90,9 +91,17 @@ pub struct HttpSourceConfig {
     /// (default: the API key's name).
     #[serde(default)]
     pub source: Option<String>,
-    /// Envelope fields whose values, joined with `|`, form the Kafka key (the partition key).
-    #[serde(default = "default_partition_key")]
-    pub partition_key: Vec<String>,
+    /// The Kafka key (the partition key): envelope fields (`user_id`, `event_type`, `source`,
+    /// `idempotency_key`, `trace_id`) or JSON pointers into the event as sent (`/order_id`),
+    /// their values joined with `|`. Default `[user_id]` for growth events; a declared `shape`
+    /// must name its own.
+    #[serde(default)]
+    pub partition_key: Option<Vec<String>>,
+    /// The shape of accepted events, when they are not growth events: which pointers give the
+    /// event type, the event time and the derived idempotency key (see [`shape`]). Unset: the
+    /// built-in growth-event rules (`user_id` UUID, `event_type`, `client_timestamp`).
+    #[serde(default)]
+    pub shape: Option<shape::ShapeConfig>,
     /// PostgreSQL URL of the `api_keys` table (keys are looked up there when set).
     #[serde(default)]
     pub database_url: Option<Secret>,
@@ -171,8 +180,13 @@ pub struct HttpSourceConfig {
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
-fn default_partition_key() -> Vec<String> {
-    vec!["user_id".into()]
+impl HttpSourceConfig {
+    /// The partition key's fields: as configured, else `[user_id]` (growth events).
+    pub fn partition_fields(&self) -> Vec<String> {
+        self.partition_key
+            .clone()
+            .unwrap_or_else(|| vec!["user_id".into()])
+    }
 }
 fn default_cache_ttl() -> Duration {
     Duration::from_secs(300)
@@ -235,18 +249,33 @@ impl SourcePlugin for HttpSourcePlugin {
                 format!("{:?} is not an address like 127.0.0.1:8080", c.listen),
             ));
         }
-        if c.partition_key.is_empty() {
+        if c.partition_key.as_ref().is_some_and(|k| k.is_empty()) {
             issues.push(ConfigIssue::new(
                 "partition_key",
                 "needs at least one field",
             ));
         }
-        for (i, f) in c.partition_key.iter().enumerate() {
-            if !KEY_FIELDS.contains(&f.as_str()) {
-                issues.push(ConfigIssue::new(
-                    format!("partition_key.{i}"),
-                    format!("{f:?} is not one of {}", KEY_FIELDS.join(", ")),
-                ));
+        match &c.shape {
+            Some(sh) => issues.extend(shape::validate(sh, c.partition_key.as_deref())),
+            None => {
+                for (i, f) in c.partition_fields().iter().enumerate() {
+                    if f.starts_with('/') {
+                        if f.len() < 2 {
+                            issues.push(ConfigIssue::new(
+                                format!("partition_key.{i}"),
+                                "\"/\" is not a JSON pointer into the event (e.g. /account_id)",
+                            ));
+                        }
+                    } else if !KEY_FIELDS.contains(&f.as_str()) {
+                        issues.push(ConfigIssue::new(
+                            format!("partition_key.{i}"),
+                            format!(
+                                "{f:?} is neither a JSON pointer into the event nor one of {}",
+                                KEY_FIELDS.join(", ")
+                            ),
+                        ));
+                    }
+                }
             }
         }
         if c.database_url.is_none() && c.static_keys.is_empty() && !c.allow_anonymous {

@@ -21,8 +21,9 @@ use serde_json::{json, Value};
 use super::auth::{AuthMetrics, AuthResult, Authenticator, KeyInfo};
 use super::edge::{Claim, Edge, Stored};
 use super::encoding::{self, Coding, DecodeError};
-use super::event::{envelope, parse_body, partition_key, FieldError, RequestFacts};
+use super::event::{envelope, parse_body, FieldError, RequestFacts};
 use super::ratelimit::{Decision, RateLimiter, Scope};
+use super::shape;
 use super::stream::{self, Filter, Hub, Refused};
 use super::{HttpSourceConfig, InvalidEvents, RateLimitScope};
 use connectd_redis::RedisConn;
@@ -47,6 +48,8 @@ pub struct State {
     limiter: RateLimiter,
     schema: Option<jsonschema::Validator>,
     contracts: Option<super::contracts::Contracts>,
+    /// `config.partition_fields()`, resolved once.
+    partition_fields: Vec<String>,
     metrics: HttpMetrics,
     shutdown: Shutdown,
     hub: Option<Arc<Hub>>,
@@ -201,6 +204,7 @@ impl State {
             limiter,
             schema,
             contracts,
+            partition_fields: config.partition_fields(),
             shutdown: ctx.shutdown.clone(),
             hub,
             config,
@@ -614,7 +618,19 @@ async fn ingest(
                 });
             }
         }
-        let checked = envelope(i, ev, &facts).and_then(|mut env| {
+        let enveloped = match &s.config.shape {
+            Some(sh) => shape::envelope(sh, i, ev, &facts),
+            None => envelope(i, ev, &facts),
+        };
+        let checked = enveloped.and_then(|mut env| {
+            env.partition_key = shape::partition_key(&env.envelope, ev, &s.partition_fields)
+                .map_err(|(pointer, m)| {
+                    vec![FieldError {
+                        index: i,
+                        pointer,
+                        message: format!("{m} (the partition key)"),
+                    }]
+                })?;
             if let Some(c) = &s.contracts {
                 let event_type = env.envelope["event_type"]
                     .as_str()
@@ -668,8 +684,9 @@ async fn ingest(
             );
             continue;
         }
-        let key = partition_key(&e.envelope, &s.config.partition_key);
-        outputs.push(Output::new(Record::new(value).with_key(key)));
+        outputs.push(Output::new(
+            Record::new(value).with_key(e.partition_key.clone()),
+        ));
     }
     if !too_large.is_empty() {
         s.metrics.rejected.add(too_large.len() as u64);
