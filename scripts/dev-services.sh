@@ -197,6 +197,22 @@ start_tansu() {
     >"$DEV_DIR/tansu/tansu.log" 2>&1 </dev/null &
   echo $! >"$DEV_DIR/tansu/tansu.pid"
   wait_port "$KAFKA_PORT" tansu 30 || { tail -n 20 "$DEV_DIR/tansu/tansu.log" >&2 || true; die "tansu did not start"; }
+  forget_stored_offsets
+}
+
+# A fresh Tansu (memory storage) has no topics: every offset that exactly-once sinks stored
+# for the previous broker (connectd_offsets in PostgreSQL, redis_sink cursors in Redis) points
+# past the end of the recreated partitions. connectd refuses to resume from such offsets (the
+# connector fails, README "Operating notes"); for this development broker the offsets are
+# simply forgotten when it starts. Never do this against a broker that kept its data.
+forget_stored_offsets() {
+  local url="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+  if port_open "$PG_PORT" && [ "$(psql "$url" -Atc "SELECT to_regclass('connectd_offsets') IS NOT NULL" 2>/dev/null)" = t ]; then
+    log "fresh broker: forgetting the offsets stored by exactly-once sinks ($(psql "$url" -Atc 'WITH d AS (DELETE FROM connectd_offsets RETURNING 1) SELECT count(*) FROM d') rows)"
+  fi
+  if port_open "$REDIS_PORT"; then
+    redis-cli -p "$REDIS_PORT" --no-auth-warning --scan --pattern 'connectd:cursor:*' | xargs -r redis-cli -p "$REDIS_PORT" --no-auth-warning DEL >/dev/null
+  fi
 }
 
 stop_tansu() {

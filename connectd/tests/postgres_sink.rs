@@ -510,3 +510,98 @@ async fn dlq_replay_after_a_fix_writes_the_records_and_a_second_replay_past_the_
         String::from_utf8_lossy(&second.stdout)
     );
 }
+
+/// A topic recreated (or a broker that lost its data) under an exactly-once sink: the offsets
+/// the sink stored point past the new partition's end. The connector must stop, saying why,
+/// rather than skip every new record below the stale offset; once the operator resets the
+/// stored offsets, resuming stores every record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_offset_beyond_the_partitions_end_fails_the_connector_instead_of_skipping() {
+    let pool = pg().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = unique("pg-stale");
+    let table = unique("stale").replace('-', "_");
+    let sink = unique("sink");
+    let group = format!("connectd-{sink}");
+    make_table(&pool, &table, true, "").await;
+    create_topic(&input, 2).await;
+    let ends = produce(&input, &envelopes(&table, 400)).await;
+    assert!(ends.values().all(|&e| e > 0 && e < 5000), "{ends:?}");
+    // What an earlier life of the topic left in the sink's own offsets table.
+    sqlx::query("INSERT INTO connectd_offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, 0, 5000)")
+        .bind(&group)
+        .bind(&input)
+        .execute(&pool)
+        .await
+        .expect("stale offset");
+    let yaml = file(&sink_yaml(
+        &sink,
+        &input,
+        &table,
+        "${DATABASE_URL}",
+        "    exactly_once: true\n",
+    ));
+    let cfg = write_file(dir.path(), "c.yaml", &yaml);
+    let c = Connectd::start(
+        &cfg,
+        &dir.path().join("log"),
+        &[("DATABASE_URL", database_url())],
+    );
+    let start = Instant::now();
+    let status = loop {
+        let (code, body) = c.get(&format!("/connectors/{sink}")).await;
+        if code == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            if v["state"] == "failed" {
+                break v;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the connector did not fail; log:\n{}",
+            c.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let why = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!(
+            "stored offset 5000 for {input}[0] is beyond the partition's end (no record at 4999"
+        )),
+        "{why}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let q = format!("SELECT count(*) FROM {table}");
+    assert_eq!(
+        count(&pool, &q).await,
+        0,
+        "nothing consumed while the offsets are stale"
+    );
+
+    // The operator's reset (README, Operating notes), then resume.
+    sqlx::query("DELETE FROM connectd_offsets WHERE group_id = $1 AND topic = $2")
+        .bind(&group)
+        .bind(&input)
+        .execute(&pool)
+        .await
+        .expect("reset");
+    let (code, body) = c.post(&format!("/connectors/{sink}/resume")).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        wait_count(&pool, &q, 400, Duration::from_secs(60)).await,
+        400,
+        "log:\n{}",
+        c.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count(&pool, &q).await, 400);
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT sum(next_offset)::bigint FROM connectd_offsets WHERE group_id = $1 AND topic = $2",
+    )
+    .bind(&group)
+    .bind(&input)
+    .fetch_one(&pool)
+    .await
+    .expect("offsets");
+    assert_eq!(stored, ends.values().sum::<i64>());
+}

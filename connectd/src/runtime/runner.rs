@@ -25,12 +25,12 @@ use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientContext;
+use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::kafka::{consumer_config, to_record};
@@ -69,6 +69,9 @@ struct Shared {
     changed: Condvar,
     wake: Notify,
     generation: AtomicU64,
+    /// Set by an assignment that found a sink's stored offset beyond its partition's end: the
+    /// runner stops the connector (failed) before it dispatches anything.
+    stale_offsets: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -135,6 +138,9 @@ struct RunnerContext {
     handle: ConnectorHandle,
     revoke_wait: Duration,
     offset_store: Option<Arc<tokio::sync::Mutex<Box<dyn Sink>>>>,
+    /// Settings of a throw-away consumer that checks a stored offset against the partition
+    /// (see [`RunnerContext::stale_offset`]); `None` when the sink stores no offsets.
+    probe_config: Option<ClientConfig>,
 }
 
 impl ClientContext for RunnerContext {
@@ -203,7 +209,109 @@ impl RunnerContext {
 }
 
 impl RunnerContext {
-    fn assign(&self, tpl: &mut TopicPartitionList) {
+    /// Why a stored offset cannot be resumed from, if it is beyond the partition's end.
+    ///
+    /// A sink that keeps its offsets (exactly-once) skips every record below them. When the
+    /// topic was deleted and recreated, or the broker lost its data (Tansu's memory storage
+    /// after a restart), the partition starts again at 0 and the stored offset points past its
+    /// end: resuming would skip every new record below it, silently. Caught only while the
+    /// new partition is still shorter than the stored offset; a recreated topic that has
+    /// already grown past it cannot be told apart from the old one by its offsets alone.
+    ///
+    /// The partition's end comes from the broker's `ListOffsets`; since some brokers under-report
+    /// it (Tansu answers with the first offset of the last record batch + 1, so a partition
+    /// whose last produce carried 200 records "ends" at 1), an offset past that end is confirmed
+    /// by reading forward from it: the offset is stale only when the partition has no record
+    /// just below it. A check that cannot be made (the broker sends nothing) lets the partition
+    /// resume, as before this check existed.
+    fn stale_offset(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tp: &TopicPartition,
+        offset: i64,
+    ) -> Option<String> {
+        let (_, high) = match consumer.fetch_watermarks(
+            &tp.topic,
+            tp.partition,
+            Duration::from_secs(10),
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(connector = %self.handle.name, topic = %tp.topic, partition = tp.partition, error = %e, "cannot read the partition's end to check the stored offset");
+                return None;
+            }
+        };
+        if offset <= high || offset == 0 {
+            return None;
+        }
+        // An empty partition holds nothing below any stored offset.
+        let exists = if high <= 0 {
+            Ok(false)
+        } else {
+            self.record_exists(tp, high - 1, offset - 1)
+        };
+        match exists {
+            Ok(true) => return None,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(connector = %self.handle.name, topic = %tp.topic, partition = tp.partition, error = %e, "cannot read the record before the stored offset to check it");
+                return None;
+            }
+        }
+        let high = high.max(0);
+        Some({
+            format!(
+                "the sink's stored offset {offset} for {}[{}] is beyond the partition's end (no record at {}; the broker reports the end at {high}): the topic was recreated or the broker lost its data, and resuming would skip every record below {offset}. Reset the sink's stored offsets for {} (README, Operating notes: \"a stored offset beyond the partition's end\"), then POST /connectors/{}/resume",
+                tp.topic,
+                tp.partition,
+                offset - 1,
+                tp.topic,
+                self.handle.name
+            )
+        })
+    }
+
+    /// Whether `tp` holds a record at `target` or later, read forward from `start` (a record
+    /// known to exist: the broker's end − 1) with a throw-away consumer: `true` as soon as one
+    /// at `target` or later arrives, `false` once the partition went quiet after its last
+    /// record (Tansu answers a fetch past the end with nothing, Kafka with out-of-range), and
+    /// `Err` when the broker sent nothing at all, so that the check cannot be made.
+    fn record_exists(&self, tp: &TopicPartition, start: i64, target: i64) -> Result<bool, String> {
+        let Some(cfg) = &self.probe_config else {
+            return Ok(true);
+        };
+        let probe: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(start))
+            .map_err(|e| e.to_string())?;
+        probe.assign(&tpl).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last_seen: Option<Instant> = None;
+        while Instant::now() < deadline {
+            match probe.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.offset() >= target => return Ok(true),
+                Some(Ok(_)) => last_seen = Some(Instant::now()),
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                    return Ok(false)
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(connector = %self.handle.name, error = %e, "stored-offset probe");
+                }
+                None if last_seen.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) => {
+                    return Ok(false)
+                }
+                None => {}
+            }
+        }
+        match last_seen {
+            // Still receiving records below the target when time ran out: a long tail; do
+            // not call the offset stale on that.
+            Some(_) => Err("the partition was still being read when the check timed out".into()),
+            None => Err("the broker sent no record of the partition".into()),
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         if let Some(store) = &self.offset_store {
             let parts: Vec<TopicPartition> = tpl
                 .elements()
@@ -219,6 +327,16 @@ impl RunnerContext {
             match stored {
                 Some(Ok(Some(map))) => {
                     for (tp, offset) in map {
+                        if let Some(why) = self.stale_offset(consumer, &tp, offset) {
+                            tracing::error!(connector = %self.handle.name, topic = %tp.topic, partition = tp.partition, offset, "{why}");
+                            let mut stale = self
+                                .shared
+                                .stale_offsets
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner());
+                            stale.get_or_insert(why);
+                            continue;
+                        }
                         if let Err(e) = tpl.set_partition_offset(
                             &tp.topic,
                             tp.partition,
@@ -296,7 +414,7 @@ impl ConsumerContext for RunnerContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.assign(tpl);
+                self.assign(consumer, tpl);
                 let r = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -556,11 +674,18 @@ impl Runner {
             changed: Condvar::new(),
             wake: Notify::new(),
             generation: AtomicU64::new(0),
+            stale_offsets: Mutex::new(None),
         });
         let ctx = RunnerContext {
             shared: shared.clone(),
             handle: handle.clone(),
             revoke_wait: shutdown_timeout.min(Duration::from_secs(30)),
+            probe_config: offset_store.as_ref().map(|_| {
+                let mut c = consumer_config(&kafka, &format!("{group}-offset-check"), true);
+                // An offset past the end is reported, not silently reset.
+                c.set("auto.offset.reset", "error");
+                c
+            }),
             offset_store: offset_store.map(|s| Arc::new(tokio::sync::Mutex::new(s))),
         };
         let consumer: StreamConsumer<RunnerContext> =
@@ -624,6 +749,17 @@ impl Runner {
     /// One turn of the loop; false when the loop is over (shutdown or a slot's error).
     async fn turn(&mut self) -> bool {
         let generation = self.follow_assignment();
+        let stale = self
+            .shared
+            .stale_offsets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(why) = stale {
+            // Before anything of the new assignment is dispatched: nothing is skipped.
+            self.failure.get_or_insert(BatchError::Fatal(why));
+            return false;
+        }
         self.dispatch_ready(generation).await;
         if self.failure.is_some() {
             return false;
