@@ -544,25 +544,29 @@ impl Enrich {
                 "enrich needs a JSON object",
             ));
         }
-        let mut ctx = String::with_capacity(inner.len() + 64);
-        ctx.push('{');
-        ctx.push_str(inner);
-        if !inner.is_empty() {
-            ctx.push(',');
-        }
-        if let Some(why) = fallback {
-            ctx.push_str("\"fallback\":\"");
-            ctx.push_str(why);
-            ctx.push_str("\",");
-        }
-        ctx.push_str("\"enriched_at\":\"");
-        ctx.push_str(at);
-        ctx.push_str("\"}");
+        // `{<inner>, ["fallback": why,] "enriched_at": at}`, written where it goes.
+        let write_ctx = |out: &mut Vec<u8>| {
+            out.push(b'{');
+            out.extend_from_slice(inner.as_bytes());
+            if !inner.is_empty() {
+                out.push(b',');
+            }
+            if let Some(why) = fallback {
+                out.extend_from_slice(b"\"fallback\":\"");
+                out.extend_from_slice(why.as_bytes());
+                out.extend_from_slice(b"\",");
+            }
+            out.extend_from_slice(b"\"enriched_at\":\"");
+            out.extend_from_slice(at.as_bytes());
+            out.extend_from_slice(b"\"}");
+        };
         if p.has_field {
             // Rare: replace the member through a full parse.
+            let mut ctx = Vec::with_capacity(inner.len() + 64);
+            write_ctx(&mut ctx);
             let mut v: Value = serde_json::from_slice(&r.value)
                 .map_err(|e| ConnectorError::permanent("invalid_json", e.to_string()))?;
-            let c: Value = serde_json::from_str(&ctx)
+            let c: Value = serde_json::from_slice(&ctx)
                 .map_err(|e| ConnectorError::permanent("internal", e.to_string()))?;
             if let Some(o) = v.as_object_mut() {
                 o.insert(self.config.field.clone(), c);
@@ -575,14 +579,15 @@ impl Enrich {
             .iter()
             .rposition(|b| *b == b'}')
             .ok_or_else(|| ConnectorError::permanent("not_an_object", "no closing brace"))?;
-        let mut out = Vec::with_capacity(v.len() + self.field_json.len() + ctx.len() + 2);
+        let mut out =
+            Vec::with_capacity(v.len() + self.field_json.len() + inner.len() + at.len() + 64);
         out.extend_from_slice(&v[..end]);
         if p.members > 0 {
             out.push(b',');
         }
         out.extend_from_slice(self.field_json.as_bytes());
         out.push(b':');
-        out.extend_from_slice(ctx.as_bytes());
+        write_ctx(&mut out);
         out.push(b'}');
         Ok(Bytes::from(out))
     }
@@ -629,41 +634,54 @@ impl Transform for Enrich {
                 probe(&r.value, &self.key_path, &self.config.field).map_err(|e| format!("{e:?}"))
             })
             .collect();
-        // Distinct keys: served from the cache, or looked up once.
-        let mut resolved: HashMap<Arc<str>, Resolved, FastHash> =
-            HashMap::with_capacity_and_hasher(batch.len(), FastHash::default());
-        let mut missing: Vec<Arc<str>> = Vec::new();
+        // Each distinct key once: from the cache, or looked up (`results` by first appearance;
+        // `key_of[i]` is record i's entry there). Hits allocate nothing.
+        let mut results: Vec<Option<Resolved>> = Vec::new();
+        let mut key_of: Vec<Option<usize>> = vec![None; batch.len()];
         let mut first_miss: Vec<bool> = vec![false; batch.len()];
+        let mut missing: Vec<(usize, Arc<str>)> = Vec::new();
         {
-            let mut seen: HashMap<&str, bool, FastHash> =
+            let mut distinct: HashMap<&str, usize, FastHash> =
                 HashMap::with_capacity_and_hasher(batch.len(), FastHash::default());
             for (i, p) in probes.iter().enumerate() {
                 let Some(k) = p.as_ref().ok().and_then(|p| p.key.as_deref()) else {
                     continue;
                 };
-                if seen.contains_key(k) {
+                if let Some(&d) = distinct.get(k) {
+                    key_of[i] = Some(d);
                     continue;
                 }
-                let k_arc: Arc<str> = Arc::from(k);
+                let d = results.len();
+                distinct.insert(k, d);
+                key_of[i] = Some(d);
                 match shared.cache.get(k) {
-                    Some(e) => {
-                        resolved.insert(k_arc, Resolved::Entry(e));
-                        seen.insert(k, true);
-                    }
+                    Some(e) => results.push(Some(Resolved::Entry(e))),
                     None => {
-                        missing.push(k_arc);
+                        results.push(None);
+                        missing.push((d, Arc::from(k)));
                         first_miss[i] = true;
-                        seen.insert(k, false);
                     }
                 }
             }
         }
         m.misses.add(missing.len() as u64);
         if !missing.is_empty() {
-            shared.resolve(missing, &mut resolved).await;
+            let mut looked_up: HashMap<Arc<str>, Resolved, FastHash> =
+                HashMap::with_capacity_and_hasher(missing.len(), FastHash::default());
+            shared
+                .resolve(
+                    missing.iter().map(|(_, k)| Arc::clone(k)).collect(),
+                    &mut looked_up,
+                )
+                .await;
+            for (d, k) in &missing {
+                results[*d] = looked_up.remove(k);
+            }
         }
         m.entries.set(shared.cache.entry_count() as i64);
-        let failed = resolved.values().any(|r| matches!(r, Resolved::Failed));
+        let failed = results
+            .iter()
+            .any(|r| matches!(r, None | Some(Resolved::Failed)));
         if failed && self.config.on_lookup_error == OnLookupError::Retry {
             return Err(ConnectorError::retriable(
                 if shared.breaker_state() == BreakerState::Closed {
@@ -675,8 +693,11 @@ impl Transform for Enrich {
             ));
         }
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        // Counted here, added once per batch (the slots share the counters).
+        let (mut hits, mut negative_hits, mut enriched, mut not_found, mut fallbacks, mut no_key) =
+            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         let mut outcomes = Vec::with_capacity(batch.len());
-        for ((r, p), first) in batch.iter().zip(&probes).zip(first_miss) {
+        for (i, (r, p)) in batch.iter().zip(&probes).enumerate() {
             let p = match p {
                 Ok(p) => p,
                 Err(e) => {
@@ -695,7 +716,7 @@ impl Transform for Enrich {
                 continue;
             }
             let Some(key) = p.key.as_deref() else {
-                m.no_key.inc();
+                no_key += 1;
                 outcomes.push(match self.config.on_missing_key {
                     OnMissingKey::Pass => self.output(r, p, None, "no_key"),
                     OnMissingKey::Dlq => TransformOutcome::Permanent(ConnectorError::permanent(
@@ -705,20 +726,21 @@ impl Transform for Enrich {
                 });
                 continue;
             };
-            let res = resolved.get(key).cloned().unwrap_or(Resolved::Failed);
-            let attach = match &res {
-                Resolved::Entry(Entry::Found(inner)) => {
+            let first = first_miss[i];
+            let res = key_of[i].and_then(|d| results[d].as_ref());
+            let attach = match res {
+                Some(Resolved::Entry(Entry::Found(inner))) => {
                     if !first {
-                        m.hits.inc();
+                        hits += 1;
                     }
-                    m.enriched.inc();
+                    enriched += 1;
                     Ok((Attach::Context(inner, None), "enriched"))
                 }
-                Resolved::Entry(Entry::Missing) => {
+                Some(Resolved::Entry(Entry::Missing)) => {
                     if !first {
-                        m.negative_hits.inc();
+                        negative_hits += 1;
                     }
-                    m.not_found.inc();
+                    not_found += 1;
                     match self.config.on_not_found {
                         OnNotFound::Defaults => Ok((
                             Attach::Context(&self.defaults, Some("not_found")),
@@ -731,13 +753,13 @@ impl Transform for Enrich {
                         )),
                     }
                 }
-                Resolved::Failed => match self.config.on_lookup_error {
+                Some(Resolved::Failed) | None => match self.config.on_lookup_error {
                     OnLookupError::Dlq => Err(ConnectorError::permanent(
                         "lookup_failed",
                         "the store did not answer (on_lookup_error: dlq)",
                     )),
                     _ => {
-                        m.fallbacks.inc();
+                        fallbacks += 1;
                         Ok((
                             Attach::Context(&self.defaults, Some("lookup_error")),
                             "fallback",
@@ -754,6 +776,12 @@ impl Transform for Enrich {
                 },
             });
         }
+        m.hits.add(hits);
+        m.negative_hits.add(negative_hits);
+        m.enriched.add(enriched);
+        m.not_found.add(not_found);
+        m.fallbacks.add(fallbacks);
+        m.no_key.add(no_key);
         Ok(outcomes)
     }
 
