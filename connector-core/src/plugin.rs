@@ -67,6 +67,10 @@ pub trait Sink: Send {
     /// For sinks that store Kafka offsets in their own transaction (exactly-once): the next
     /// offsets to read for these partitions, as stored by the sink. `None` means the sink does
     /// not manage offsets and the consumer group's committed offsets apply.
+    ///
+    /// The runtime seeks to these offsets on assignment. One past the partition's end (a
+    /// recreated topic, a broker that lost its data) fails the connector instead, naming the
+    /// partition: resuming would skip every record below it.
     async fn stored_offsets(
         &mut self,
         _partitions: &[TopicPartition],
