@@ -52,15 +52,36 @@ connectors:
     let log = dir.join(format!("{}.log", free_port()));
     let c = Connectd::start(&cfg, &log, &[("REDIS_URL", redis_url())]);
     let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
+    // Ready, not only listening: a port that answers could belong to a process that is about
+    // to go away, and the source answers /readyz only once its producer reaches the broker.
+    while !ready(&addr) {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "http_source never listened; log:\n{}",
+            "http_source never became ready; log:\n{}",
             c.log_text()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     Instance { c, addr }
+}
+
+/// `GET /readyz` answered 200.
+fn ready(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(
+        format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.starts_with(b"HTTP/1.1 200")
 }
 
 async fn connect(
@@ -467,7 +488,12 @@ async fn connectd_stream_prints_the_filtered_envelopes_one_per_line() {
     let mut stderr = BufReader::new(cli.stderr.take().expect("stderr"));
     let mut line = String::new();
     stderr.read_line(&mut line).expect("stderr line");
-    assert_eq!(line.trim(), "connected");
+    assert_eq!(
+        line.trim(),
+        "connected",
+        "connectd log:\n{}",
+        inst.c.log_text()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // 12 events, every third a signup: 4 signups.
     let resp = post(
