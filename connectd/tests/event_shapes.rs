@@ -32,14 +32,7 @@ fn utc(i: usize, s: usize) -> String {
 }
 
 async fn post(addr: &str, body: &Value) -> Resp {
-    post_json(
-        addr,
-        "/v1/events",
-        &[("x-api-key", KEY)],
-        "application/json",
-        body.to_string().as_bytes(),
-    )
-    .await
+    post_events(addr, KEY, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,19 +137,7 @@ connectors:
     .await;
     assert_eq!(r.status, 400, "{}", r.body);
     let errors = r.json()["errors"].as_array().cloned().expect("errors");
-    let at = |i: u64| -> Vec<String> {
-        errors
-            .iter()
-            .filter(|e| e["index"] == i)
-            .map(|e| {
-                format!(
-                    "{} {}",
-                    e["pointer"].as_str().unwrap_or_default(),
-                    e["message"].as_str().unwrap_or_default()
-                )
-            })
-            .collect()
-    };
+    let at = |i: u64| r.errors_at(i);
     assert!(at(0).is_empty(), "{errors:?}");
     assert!(
         at(1).iter().any(|e| e.starts_with("/order_id is required")),

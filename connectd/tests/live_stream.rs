@@ -155,14 +155,7 @@ fn events(request: usize, per: usize, user: &str) -> Value {
 }
 
 async fn post(addr: &str, body: &Value) -> Resp {
-    post_json(
-        addr,
-        "/v1/events",
-        &[("x-api-key", KEY)],
-        "application/json",
-        body.to_string().as_bytes(),
-    )
-    .await
+    post_events(addr, KEY, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

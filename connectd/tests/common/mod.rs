@@ -367,6 +367,26 @@ impl Resp {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The per-event errors of a 400 for the event at `index`, as "<pointer> <message>".
+    pub fn errors_at(&self, index: u64) -> Vec<String> {
+        self.json()["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter(|e| e["index"] == index)
+                    .map(|e| {
+                        format!(
+                            "{} {}",
+                            e["pointer"].as_str().unwrap_or_default(),
+                            e["message"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn header(&self, name: &str) -> Option<String> {
         let needle = format!("\r\n{}: ", name.to_ascii_lowercase());
         self.head.find(&needle).map(|i| {
@@ -374,6 +394,18 @@ impl Resp {
             rest.split("\r\n").next().unwrap_or_default().to_string()
         })
     }
+}
+
+/// POSTs events (JSON) to an http_source's `/v1/events` with API key `key`.
+pub async fn post_events(addr: &str, key: &str, body: &serde_json::Value) -> Resp {
+    post_json(
+        addr,
+        "/v1/events",
+        &[("x-api-key", key)],
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .await
 }
 
 /// POSTs `body` to `path` with extra headers (`Connection: close`).
