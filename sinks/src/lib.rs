@@ -8,11 +8,14 @@
 //!   exactly once.
 //! * [`redis`] — `redis_sink`: counters, leaderboards, hashes and streams in Redis, exactly
 //!   once through a per-partition cursor.
+//! * [`parquet`] — `parquet_sink`: Parquet files (zstd) in Hive-style folders on a local disk
+//!   or object storage, exactly once through a commit log.
 #![warn(missing_docs)]
 
 pub mod aggregate;
 pub mod dlq;
 pub mod file;
+pub mod parquet;
 pub mod postgres;
 pub mod redis;
 
@@ -26,4 +29,5 @@ pub fn register_all(registry: &mut Registry) -> &mut Registry {
         .register_sink::<dlq::DlqSinkPlugin>()
         .register_sink::<redis::RedisSinkPlugin>()
         .register_sink::<aggregate::AggregatePlugin>()
+        .register_sink::<parquet::ParquetSinkPlugin>()
 }
