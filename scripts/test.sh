@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 eval "$(bash scripts/dev-services.sh up)"
-export DATABASE_URL REDIS_URL KAFKA_BROKERS CONNECTD_DEV_DIR TANSU_BIN
+export DATABASE_URL REDIS_URL KAFKA_BROKERS CONNECTD_DEV_DIR TANSU_BIN CONNECTD_PYTHON
 
 stop_demo() {
   if [ -f .dev/connectd.pid ] && kill -0 "$(cat .dev/connectd.pid)" 2>/dev/null; then

@@ -358,10 +358,12 @@ async fn flush(s: &Shared, tp: &Tp, buf: &mut Buffer) -> Result<Flushed, LogErro
             let encoded = match encoded {
                 Ok(e) => e,
                 // The buffer's columns are gone: start again from the log, which re-reads them.
-                Err(error) => return Ok(Flushed::Lost(format!(
+                Err(error) => {
+                    return Ok(Flushed::Lost(format!(
                     "{}/{}: cannot encode Parquet: {error}; this instance restarts from the log",
                     tp.0, tp.1
-                ))),
+                )))
+                }
             };
             for (dir, bytes, rows) in encoded {
                 let name = file_name(&tp.0, tp.1, first, last);
