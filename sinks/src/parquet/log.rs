@@ -315,3 +315,123 @@ impl Log {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn commit(from: i64, next: i64, files: &[&str], writer: &str) -> Commit {
+        Commit {
+            topic: "t".into(),
+            partition: 0,
+            from,
+            next,
+            first_offset: from,
+            last_offset: next - 1,
+            records: (next - from) as u64,
+            files: files
+                .iter()
+                .map(|f| FileEntry {
+                    path: (*f).into(),
+                    records: 1,
+                    bytes: 1,
+                })
+                .collect(),
+            writer: writer.into(),
+        }
+    }
+
+    async fn put(log: &Log, rel: &str) {
+        log.store
+            .put(&log.path(rel).expect("path"), PutPayload::from("x"))
+            .await
+            .expect("put");
+    }
+
+    #[tokio::test]
+    async fn of_two_writers_from_one_offset_exactly_one_commits_and_the_loser_leaves_nothing() {
+        let log = Log::new(Arc::new(InMemory::new()), "root");
+        assert_eq!(log.last("t", 0).await.expect("empty"), None);
+        // Both flushed from offset 0, with different ranges (a zombie of a rebalance).
+        let a = commit(0, 300, &["d=1/t-0-0-299.parquet"], "a");
+        let b = commit(
+            0,
+            250,
+            &["d=1/t-0-0-249.parquet", "d=2/t-0-0-249.parquet"],
+            "b",
+        );
+        let ia = Intent {
+            from: 0,
+            files: vec![a.files[0].path.clone()],
+            writer: "a".into(),
+        };
+        let ib = Intent {
+            from: 0,
+            files: b.files.iter().map(|f| f.path.clone()).collect(),
+            writer: "b".into(),
+        };
+        let ka = log.intend("t", 0, &ia, "a").await.expect("intent");
+        log.intend("t", 0, &ib, "b").await.expect("intent");
+        for f in ia.files.iter().chain(&ib.files) {
+            put(&log, f).await;
+        }
+        assert_eq!(log.commit(&a).await.expect("commit"), Committed::Yes);
+        log.delete(&ka).await.expect("delete");
+        // Answering the same commit again (a lost reply, retried) is still a success.
+        assert_eq!(log.commit(&a).await.expect("again"), Committed::Yes);
+        match log.commit(&b).await.expect("commit") {
+            Committed::Lost(other) => assert_eq!(*other, a),
+            Committed::Yes => panic!("two commits from one offset"),
+        }
+        assert_eq!(
+            log.last("t", 0).await.expect("last").map(|c| c.next),
+            Some(300)
+        );
+        // B never cleaned up (killed): its intent is below the log's next, so its files go.
+        assert_eq!(log.collect_garbage("t", 0, 300).await.expect("gc"), 2);
+        assert_eq!(
+            log.data_files().await.expect("list"),
+            ["d=1/t-0-0-299.parquet"]
+        );
+        assert!(log
+            .list(&pending_dir("t", 0))
+            .await
+            .expect("list")
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_crashed_flush_is_collected_once_the_partition_commits_past_it_not_before() {
+        let log = Log::new(Arc::new(InMemory::new()), "");
+        log.commit(&commit(0, 100, &["t-0-0-99.parquet"], "w"))
+            .await
+            .expect("commit");
+        put(&log, "t-0-0-99.parquet").await;
+        // Killed after its file, before its commit: from 100, records 100..180.
+        let crashed = Intent {
+            from: 100,
+            files: vec!["t-0-100-179.parquet".into()],
+            writer: "w".into(),
+        };
+        log.intend("t", 0, &crashed, "x").await.expect("intent");
+        put(&log, "t-0-100-179.parquet").await;
+        // It may still commit (it starts at the log's next): left alone.
+        assert_eq!(log.collect_garbage("t", 0, 100).await.expect("gc"), 0);
+        assert_eq!(log.data_files().await.expect("list").len(), 2);
+        // The restarted writer flushed 100..250 under another name, and committed.
+        let redo = commit(100, 250, &["t-0-100-249.parquet"], "w2");
+        put(&log, "t-0-100-249.parquet").await;
+        assert_eq!(log.commit(&redo).await.expect("commit"), Committed::Yes);
+        assert_eq!(log.collect_garbage("t", 0, 250).await.expect("gc"), 1);
+        assert_eq!(
+            log.data_files().await.expect("list"),
+            ["t-0-0-99.parquet", "t-0-100-249.parquet"]
+        );
+        let chain = log.commits("t", 0).await.expect("commits");
+        assert_eq!(
+            chain.iter().map(|c| (c.from, c.next)).collect::<Vec<_>>(),
+            [(0, 100), (100, 250)]
+        );
+    }
+}
