@@ -23,7 +23,7 @@ die() {
 trap 'die "command failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 eval "$(bash scripts/dev-services.sh up)"
-export DATABASE_URL REDIS_URL KAFKA_BROKERS
+export DATABASE_URL REDIS_URL KAFKA_BROKERS CONNECTD_PYTHON
 export CONNECTD_ADMIN="${CONNECTD_ADMIN:-127.0.0.1:9000}" CONNECTD_HTTP="${CONNECTD_HTTP:-127.0.0.1:8080}"
 export CONNECTD_DEMO_KEY="${CONNECTD_DEMO_KEY:-demo-key-0123456789abcdef}"
 
@@ -85,21 +85,44 @@ fi
 psql_q() { psql "$DATABASE_URL" -Atc "$1"; }
 ACCEPTED=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["accepted_distinct_keys"])')
 POISON=$(python3 -c 'import json;print(json.load(open(".dev/loadgen-report.json"))["accepted_poison_keys"])')
+# Dead letters of this run written by one connector (store and archive each dead-letter the
+# poison events they refuse).
+dead_q() {
+  psql_q "SELECT count(*) FROM dead_letters WHERE connector = '$1' AND (payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%')"
+}
+# The archive read back by DuckDB: rows of this run, files and bytes (all runs).
+ARCHIVE_DIR="${CONNECTD_ARCHIVE_URL:-.dev/archive}"
+archive_q() {
+  "$CONNECTD_PYTHON" - "$ARCHIVE_DIR" "$RUN" <<'PY'
+import duckdb, glob, os, sys
+root, run = sys.argv[1], sys.argv[2]
+files = sorted(glob.glob(os.path.join(root, "**", "*.parquet"), recursive=True))
+if not files:
+    print(0, 0, 0)
+    sys.exit()
+n = duckdb.connect().execute("SELECT count(*) FROM read_parquet(?) WHERE source = ?", [files, run]).fetchone()[0]
+print(n, len(files), sum(os.path.getsize(f) for f in files))
+PY
+}
 echo "== waiting for the pipeline to drain (at most ${DRAIN_SECONDS}s)" >&2
 DRAIN_START=$SECONDS
 while :; do
   ROWS=$(psql_q "SELECT count(*) FROM growth_events WHERE source = '$RUN'")
-  DEAD=$(psql_q "SELECT count(*) FROM dead_letters WHERE payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%'")
+  DEAD=$(dead_q store)
+  ARCHIVE_DEAD=$(dead_q archive)
+  read -r ARCHIVED ARCHIVE_FILES ARCHIVE_BYTES < <(archive_q)
   COUNTED=$(( $(redis_q GET events:total) - REDIS_TOTAL_BEFORE ))
   PER_MINUTE=$(psql_q "SELECT coalesce(sum(events), 0) FROM event_counts_per_minute WHERE source = '$RUN'")
-  [ $((ROWS + DEAD)) -ge "$ACCEPTED" ] && [ "$COUNTED" -ge "$ACCEPTED" ] && [ "$PER_MINUTE" -ge "$ACCEPTED" ] && break
+  [ $((ROWS + DEAD)) -ge "$ACCEPTED" ] && [ $((ARCHIVED + ARCHIVE_DEAD)) -ge "$ACCEPTED" ] && [ "$COUNTED" -ge "$ACCEPTED" ] && [ "$PER_MINUTE" -ge "$ACCEPTED" ] && break
   [ $((SECONDS - DRAIN_START)) -ge "$DRAIN_SECONDS" ] && break
   sleep 0.5
 done
 # Anything still on its way (a duplicate row, a second dead letter) would show up now.
 sleep 1
 ROWS=$(psql_q "SELECT count(*) FROM growth_events WHERE source = '$RUN'")
-DEAD=$(psql_q "SELECT count(*) FROM dead_letters WHERE payload_json->>'source' = '$RUN' OR convert_from(payload, 'UTF8') LIKE '%\"source\":\"$RUN\"%'")
+DEAD=$(dead_q store)
+ARCHIVE_DEAD=$(dead_q archive)
+read -r ARCHIVED ARCHIVE_FILES ARCHIVE_BYTES < <(archive_q)
 COUNTED=$(( $(redis_q GET events:total) - REDIS_TOTAL_BEFORE ))
 PER_MINUTE=$(psql_q "SELECT coalesce(sum(events), 0) FROM event_counts_per_minute WHERE source = '$RUN'")
 kill "$STREAM_PID" 2>/dev/null || true
@@ -132,6 +155,7 @@ CHECK_ENRICHED=$(ok "$MATCHED" "$ENRICHED")
 CHECK_CONTEXT=$(ok $((ENRICHED + NOT_FOUND + LOOKUP_FALLBACK)) "$ROWS")
 CHECK_ROWS=$(ok $((ROWS + DEAD)) "$ACCEPTED")
 CHECK_DEAD=$(ok "$DEAD" "$POISON")
+CHECK_ARCHIVE=$(ok $((ARCHIVED + ARCHIVE_DEAD)) "$ACCEPTED")
 CHECK_REDIS=$(ok "$COUNTED" "$ACCEPTED")
 CHECK_MINUTE=$(ok "$PER_MINUTE" "$ACCEPTED")
 TODAY=$(date -u +%F)
@@ -157,6 +181,8 @@ events counted in Redis by redis_sink (activity): $COUNTED
 check: events counted in Redis == accepted      : $COUNTED == $ACCEPTED  $CHECK_REDIS
 events in event_counts_per_minute (aggregate)   : $PER_MINUTE
 check: events counted per minute == accepted    : $PER_MINUTE == $ACCEPTED  $CHECK_MINUTE
+rows archived as Parquet (archive, DuckDB)      : $ARCHIVED   (dead letters: $ARCHIVE_DEAD; all runs: $ARCHIVE_FILES files, $ARCHIVE_BYTES bytes in $ARCHIVE_DIR)
+check: archived + dead letters == accepted      : $((ARCHIVED + ARCHIVE_DEAD)) == $ACCEPTED  $CHECK_ARCHIVE
 distinct events seen live on /v1/stream         : $STREAMED of $ACCEPTED (one "connectd stream" client; Pub/Sub is a live view, at most once)
 
 top purchasers today in Redis (ZREVRANGE leaderboard:purchase:$TODAY, all runs):
@@ -180,4 +206,5 @@ SUMMARY
 [ "$CHECK_CONTEXT" = OK ] || die "$NO_CONTEXT stored rows have no context from enrich; connectd log: .dev/connectd.log"
 [ "$CHECK_REDIS" = OK ] || die "events counted by redis_sink ($COUNTED) != distinct events accepted ($ACCEPTED); connectd log: .dev/connectd.log"
 [ "$CHECK_MINUTE" = OK ] || die "events counted per minute by the aggregate ($PER_MINUTE) != distinct events accepted ($ACCEPTED); connectd log: .dev/connectd.log"
+[ "$CHECK_ARCHIVE" = OK ] || die "rows archived by parquet_sink + its dead letters ($((ARCHIVED + ARCHIVE_DEAD))) != distinct events accepted ($ACCEPTED); connectd log: .dev/connectd.log"
 [ "$CHECK_DEAD" = OK ] || die "dead letters ($DEAD) != poison events accepted ($POISON); connectd log: .dev/connectd.log"
