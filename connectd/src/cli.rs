@@ -82,6 +82,15 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::dlq::DlqAction,
     },
+    /// PostgreSQL helpers for postgres_sink users (convert a table into daily partitions).
+    Postgres {
+        /// PostgreSQL URL.
+        #[arg(long, env = "DATABASE_URL", global = true)]
+        database_url: Option<String>,
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::postgres_cmd::PostgresAction,
+    },
     /// Redis helpers for redis_sink users (rebuild a leaderboard from a stream).
     Redis {
         /// What to do.
@@ -358,6 +367,16 @@ pub fn run_command(command: Command, registry: Registry) -> u8 {
             action,
         } => match database_url {
             Some(url) => block_on(keys(&url, action)),
+            None => {
+                eprintln!("error: set DATABASE_URL or pass --database-url");
+                EXIT_USAGE
+            }
+        },
+        Command::Postgres {
+            database_url,
+            action,
+        } => match database_url {
+            Some(url) => block_on(crate::postgres_cmd::run(&url, action)),
             None => {
                 eprintln!("error: set DATABASE_URL or pass --database-url");
                 EXIT_USAGE

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod contracts;
 pub mod dlq;
+pub mod postgres_cmd;
 pub mod redis_cmd;
 pub mod runtime;
 pub mod stream_cmd;

@@ -25,6 +25,7 @@
 
 pub mod mapping;
 pub mod offsets;
+pub mod partitions;
 pub mod sink;
 pub mod sql;
 
@@ -83,6 +84,10 @@ pub struct PostgresSinkConfig {
     /// Longest a statement may run before it is cancelled (and retried).
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout: Duration,
+    /// Daily partitions with retention on plain PostgreSQL (a TimescaleDB hypertable gets
+    /// `retention` as a policy). See `sinks/src/postgres/partitions.rs`.
+    #[serde(default)]
+    pub partitioning: Option<partitions::Partitioning>,
 }
 
 fn default_table() -> String {
@@ -108,6 +113,102 @@ impl PostgresSinkConfig {
             .unwrap_or_else(envelope_columns)
             .into_iter()
             .collect()
+    }
+}
+
+/// Gets the table ready for daily partitions and starts the maintenance task (instance 0 of a
+/// connector; the advisory lock keeps processes from working at once).
+async fn start_partitions(
+    pool: &sqlx::PgPool,
+    table: &str,
+    p: &partitions::Partitioning,
+    ctx: &SinkContext,
+) -> Result<tokio::task::JoinHandle<()>, ConnectorError> {
+    use partitions::{maintain, today, Kind, PartitionError};
+    let db = |e: PartitionError| ConnectorError::retriable("partitions", e.to_string());
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| ConnectorError::retriable("db_unavailable", e.to_string()))?;
+    let kind = partitions::kind(&mut conn, table).await.map_err(db)?;
+    drop(conn);
+    match kind {
+        Kind::Partitioned | Kind::Hypertable => {}
+        Kind::Missing => {
+            return Err(ConnectorError::permanent(
+                "partitions",
+                format!("no table {table}: create it (connectd migrate makes growth_events) before partitioning it"),
+            ))
+        }
+        Kind::Plain => {
+            if partitions::is_empty_plain(pool, table).await.map_err(db)? {
+                let c = partitions::convert(pool, table, p).await.map_err(db)?;
+                tracing::info!(connector = %ctx.name, table, partitions = c.partitions, views = ?c.views, "converted the empty table to daily partitions");
+            } else {
+                return Err(ConnectorError::permanent(
+                    "partitions",
+                    format!("{table} has rows and is not partitioned: convert it with `connectd postgres partition --table {table} --column {}` (one transaction; README, Operating notes)", p.column),
+                ));
+            }
+        }
+    }
+    let metrics = PartitionMetrics::new(&ctx.metrics);
+    let round = maintain(pool, table, p, today()).await.map_err(db)?;
+    metrics.record(&round);
+    let (pool, table, p, name, mut shutdown) = (
+        pool.clone(),
+        table.to_string(),
+        p.clone(),
+        ctx.name.clone(),
+        ctx.shutdown.clone(),
+    );
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(p.check_every.as_std()) => {}
+                _ = shutdown.wait() => return,
+            }
+            match maintain(&pool, &table, &p, today()).await {
+                Ok(round) => metrics.record(&round),
+                Err(e) => {
+                    tracing::warn!(connector = %name, table = %table, error = %e, "partition maintenance failed; next round in check_every")
+                }
+            }
+        }
+    }))
+}
+
+/// Metrics of partition maintenance.
+struct PartitionMetrics {
+    made: connector_core::metrics::Counter,
+    expired: connector_core::metrics::Counter,
+    default_rows: connector_core::metrics::Gauge,
+}
+
+impl PartitionMetrics {
+    fn new(m: &connector_core::metrics::Metrics) -> Self {
+        Self {
+            made: m.counter(
+                "connectd_postgres_sink_partitions_made",
+                "Daily partitions made",
+            ),
+            expired: m.counter(
+                "connectd_postgres_sink_partitions_expired",
+                "Daily partitions dropped or detached by retention",
+            ),
+            default_rows: m.gauge(
+                "connectd_postgres_sink_default_partition_rows",
+                "Rows in the default partition (events outside the days made)",
+            ),
+        }
+    }
+
+    fn record(&self, r: &partitions::Round) {
+        if r.ran {
+            self.made.add(r.made.len() as u64);
+            self.expired.add(r.expired.len() as u64);
+            self.default_rows.set(r.default_rows);
+        }
     }
 }
 
@@ -187,6 +288,31 @@ impl SinkPlugin for PostgresSinkPlugin {
         if c.mode == Mode::Upsert && c.conflict.is_empty() {
             issues.push(ConfigIssue::new("mode", "upsert needs conflict keys"));
         }
+        if let Some(p) = &c.partitioning {
+            for (field, msg) in p.issues(&c.table) {
+                issues.push(ConfigIssue::new(format!("partitioning.{field}"), msg));
+            }
+            match cols.iter().find(|(n, _)| *n == p.column) {
+                Some((_, spec)) if spec.sql_type == mapping::SqlType::Timestamptz => {}
+                Some(_) => issues.push(ConfigIssue::new(
+                    "partitioning.column",
+                    format!("{} must be a timestamptz column", p.column),
+                )),
+                None => issues.push(ConfigIssue::new(
+                    "partitioning.column",
+                    format!("{:?} is not one of the columns", p.column),
+                )),
+            }
+            if !c.conflict.is_empty() && !c.conflict.contains(&p.column) {
+                issues.push(ConfigIssue::new(
+                    "conflict",
+                    format!(
+                        "a partitioned table's key must include its partition column {}",
+                        p.column
+                    ),
+                ));
+            }
+        }
         if issues.is_empty() {
             Ok(())
         } else {
@@ -217,6 +343,10 @@ impl SinkPlugin for PostgresSinkPlugin {
             (false, Mode::Upsert) => Conflict::Update,
         };
         let sql = insert_unnest(&config.table, &columns, &config.conflict, conflict);
+        let maintenance = match (&config.partitioning, ctx.instance) {
+            (Some(p), 0) => Some(start_partitions(&pool, &config.table, p, &ctx).await?),
+            _ => None,
+        };
         let m = &ctx.metrics;
         Ok(Box::new(PostgresSink {
             pool,
@@ -228,6 +358,7 @@ impl SinkPlugin for PostgresSinkPlugin {
             exactly_once: config.exactly_once,
             group_id: ctx.group_id.clone(),
             table: config.table.clone(),
+            maintenance,
             metrics: SinkMetrics {
                 inserted: m.counter(
                     "connectd_pg_rows_inserted_total",

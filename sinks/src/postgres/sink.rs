@@ -86,6 +86,8 @@ pub struct PostgresSink {
     pub(super) group_id: String,
     pub(super) metrics: SinkMetrics,
     pub(super) table: String,
+    /// The partition maintenance task (instance 0 of a partitioned table).
+    pub(super) maintenance: Option<tokio::task::JoinHandle<()>>,
 }
 
 type Row = Vec<Option<String>>;
@@ -309,6 +311,9 @@ impl Sink for PostgresSink {
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
+        if let Some(t) = self.maintenance.take() {
+            t.abort();
+        }
         self.pool.close().await;
         Ok(())
     }
