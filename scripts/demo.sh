@@ -32,6 +32,9 @@ cargo build --release --locked -p connectd -p connectd-loadgen >&2
 BIN=./target/release/connectd
 $BIN validate -c connectors.yaml >&2
 $BIN migrate >&2
+# The store keeps growth_events in daily partitions: convert a table an earlier version left
+# unpartitioned (one transaction; nothing happens when it is partitioned already).
+$BIN postgres partition --table growth_events --column event_ts --premake 3 >&2
 
 # One demo connectd at a time: stop an earlier one.
 if [ -f .dev/connectd.pid ] && kill -0 "$(cat .dev/connectd.pid)" 2>/dev/null; then
@@ -156,6 +159,11 @@ CHECK_CONTEXT=$(ok $((ENRICHED + NOT_FOUND + LOOKUP_FALLBACK)) "$ROWS")
 CHECK_ROWS=$(ok $((ROWS + DEAD)) "$ACCEPTED")
 CHECK_DEAD=$(ok "$DEAD" "$POISON")
 CHECK_ARCHIVE=$(ok $((ARCHIVED + ARCHIVE_DEAD)) "$ACCEPTED")
+read -r PARTS FIRST_DAY LAST_DAY IN_DEFAULT < <(psql_q "
+  SELECT count(*), min(substr(c.relname, length('growth_events_p') + 1)), max(substr(c.relname, length('growth_events_p') + 1)),
+         (SELECT count(*) FROM growth_events_default WHERE source = '$RUN')
+  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+  WHERE i.inhparent = 'growth_events'::regclass AND c.relname ~ '^growth_events_p[0-9]{8}$'" | tr '|' ' ')
 CHECK_REDIS=$(ok "$COUNTED" "$ACCEPTED")
 CHECK_MINUTE=$(ok "$PER_MINUTE" "$ACCEPTED")
 TODAY=$(date -u +%F)
@@ -172,6 +180,7 @@ rows stored in growth_events                    : $ROWS
 dead letters in dead_letters (poison)           : $DEAD   (poison accepted: $POISON)
 check: rows + dead letters == accepted          : $((ROWS + DEAD)) == $ACCEPTED  $CHECK_ROWS
 check: dead letters == poison accepted          : $DEAD == $POISON  $CHECK_DEAD
+growth_events daily partitions (hot tier)       : $PARTS, $FIRST_DAY .. $LAST_DAY (retention 14d, 3 days ahead); rows of this run in growth_events_default: $IN_DEFAULT
 rows enriched from user_profiles (enrich)       : $ENRICHED   (cache hit ratio $HIT_RATIO)
 check: enriched rows carry their user's profile : $MATCHED == $ENRICHED  $CHECK_ENRICHED
 rows with defaults: user has no profile         : $NOT_FOUND   (rows of users without a profile: $UNKNOWN_USERS_ROWS)

@@ -66,7 +66,7 @@ pub async fn run(database_url: &str, action: PostgresAction) -> u8 {
     };
     match convert(&pool, &table, &p).await {
         Ok(c) if !c.changed => {
-            println!("{table} is already partitioned; nothing changed");
+            println!("{table} is already partitioned (or a TimescaleDB hypertable, with daily chunks of its own); nothing changed");
             EXIT_OK
         }
         Ok(c) => {

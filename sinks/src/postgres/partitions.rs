@@ -428,7 +428,8 @@ pub struct Converted {
     pub partitions: usize,
     /// Views recreated.
     pub views: Vec<String>,
-    /// False when the table was already partitioned (nothing done).
+    /// False when the table was already partitioned or is a TimescaleDB hypertable (which
+    /// has daily chunks of its own): nothing done.
     pub changed: bool,
 }
 
@@ -450,9 +451,12 @@ pub async fn convert(
             })
         }
         Kind::Hypertable => {
-            return Err(PartitionError::Table(format!(
-                "{table} is a TimescaleDB hypertable: it has daily chunks already (retention becomes add_retention_policy)"
-            )))
+            return Ok(Converted {
+                rows: 0,
+                partitions: 0,
+                views: vec![],
+                changed: false,
+            })
         }
         Kind::Missing => return Err(PartitionError::Table(format!("no table {table}"))),
         Kind::Plain => {}
