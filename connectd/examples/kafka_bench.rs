@@ -129,6 +129,20 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         conns: u64,
     },
+    /// The parquet_sink benchmark's ceiling: the envelopes `envelope(tag, 0..count)` already
+    /// typed in memory, written as Arrow batches through the same Parquet writer settings
+    /// (zstd 3) into day folders, `--flush` records per flush, each file fsynced and renamed
+    /// into place: encoding and disk without the broker, the runtime or JSON parsing.
+    ParquetCeiling {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        flush: u64,
+        #[arg(long, default_value = "ceil")]
+        tag: String,
+    },
     WaitGroup {
         #[arg(long)]
         group: String,
@@ -299,6 +313,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             batch,
             conns,
         } => agg_ceiling(&database_url, records, groups, minutes, batch, conns).await?,
+        Cmd::ParquetCeiling {
+            count,
+            dir,
+            flush,
+            tag,
+        } => parquet_ceiling(count, &dir, flush, &tag)?,
         Cmd::LookupCeiling {
             database_url,
             table,
@@ -510,6 +530,89 @@ async fn lookup_ceiling(
         return Err(format!("lookup ceiling found {found} of {keys} keys in {table}").into());
     }
     report("lookup_ceiling", keys, secs);
+    Ok(())
+}
+
+fn parquet_ceiling(
+    count: u64,
+    dir: &std::path::Path,
+    flush: u64,
+    tag: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use connectd_sinks::parquet::encode::{parse_cell, properties, schema, to_parquet, Columns};
+    use connectd_sinks::postgres::mapping::envelope_columns;
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    let cols: Vec<_> = envelope_columns().into_iter().collect();
+    let schema = schema(
+        &cols
+            .iter()
+            .map(|(n, c)| (n.clone(), c.sql_type, c.required))
+            .collect::<Vec<_>>(),
+    );
+    // Typed rows, by day, outside the timing.
+    let mut rows = Vec::with_capacity(count as usize);
+    for n in 0..count {
+        let v: serde_json::Value = serde_json::from_str(&envelope(tag, n))?;
+        let cells = cols
+            .iter()
+            .map(|(name, c)| {
+                let text = v.pointer(&c.from).and_then(|x| match x {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                });
+                parse_cell(name, c.sql_type, text)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let day = v["event_ts"]
+            .as_str()
+            .unwrap_or("x")
+            .get(..10)
+            .unwrap_or("x")
+            .to_string();
+        rows.push((day, cells));
+    }
+    let props = properties(3)?;
+    std::fs::create_dir_all(dir)?;
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    let mut files = 0u64;
+    for (i, chunk) in rows.chunks(flush.max(1) as usize).enumerate() {
+        let mut by_day: BTreeMap<&str, Columns> = BTreeMap::new();
+        for (day, cells) in chunk {
+            by_day
+                .entry(day.as_str())
+                .or_insert_with(|| Columns::new(schema.clone()))
+                .push(cells);
+        }
+        for (day, mut c) in by_day {
+            let out = to_parquet(&c.finish()?, &props)?;
+            let folder = dir.join(format!("date={day}"));
+            std::fs::create_dir_all(&folder)?;
+            let tmp = folder.join(format!(".{i}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&out)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, folder.join(format!("ceiling-{i}.parquet")))?;
+            std::fs::File::open(&folder)?.sync_all()?;
+            bytes += out.len() as u64;
+            files += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "what": "parquet_ceiling",
+            "records": count,
+            "seconds": (secs * 1000.0).round() / 1000.0,
+            "per_second": (count as f64 / secs).round(),
+            "files": files,
+            "bytes": bytes,
+            "bytes_per_record": (bytes as f64 / count as f64 * 10.0).round() / 10.0,
+        })
+    );
     Ok(())
 }
 

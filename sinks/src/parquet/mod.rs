@@ -39,6 +39,13 @@
 //! consumption). Records that cannot be encoded (a value that does not fit its column) are
 //! dead letters with class `invalid_value`, `missing_field` or `invalid_json`.
 //!
+//! A record delivered at an offset above the partition's log (the runtime resumed from the
+//! consumer group's offsets because the log could not be read at assignment) fails the batch
+//! (`offset_gap`) and the connector restarts from the log. One double fault is not caught: a
+//! partition whose log is still empty (killed before its first commit) *and* whose log cannot
+//! be read at the next assignment resumes from the group's offsets, which `write` may have
+//! moved past buffered records.
+//!
 //! One connector per `url`: two connectors archiving the same topic into one place would
 //! share their log.
 
