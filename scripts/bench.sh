@@ -150,7 +150,8 @@ YAML
   rows=$(psql_q "SELECT count(*) FROM bench_$S")
   [ "$rows" -eq "$COUNT" ] || echo "WARNING: postgres_sink stored $rows of $COUNT" >&2
   # Bytes on disk of the same rows in PostgreSQL (heap, TOAST, primary key and index).
-  pg_bytes=$(psql_q "VACUUM bench_$S; SELECT pg_total_relation_size('bench_$S')" | tail -n 1)
+  psql_q "VACUUM bench_$S" >/dev/null
+  pg_bytes=$(psql_q "SELECT pg_total_relation_size('bench_$S')")
   psql_q "DROP TABLE bench_$S" >/dev/null
 
   # -- parquet_sink: the same 1M envelopes into day folders (zstd 3), timed until the commit
@@ -167,26 +168,45 @@ connectors:
     group_id: $S-pq
     url: $OUT_DIR/archive_$S
     partition_by: [ { date: event_ts } ]
-    roll: { max_records: 100000, max_age: 5s }
+    roll: { max_records: 50000, max_age: 1s }
     max_in_flight: 2
     batch: { max_records: 5000, linger: 50ms }
 YAML
   before=$(svc_cpu)
   t0=$(date +%s.%N)
   start_connectd "$OUT_DIR/parquet.yaml" "$OUT_DIR/parquet_sink.log"
-  until [ "$(python3 - "$OUT_DIR/archive_$S" <<'PY'
-import glob, json, sys
-print(sum(json.load(open(f))["records"] for f in glob.glob(sys.argv[1] + "/_connectd/log/*/*/*.json")))
+  # Polls the commit log: the time of the first commit (and the records it held) and of the
+  # one that completes COUNT.
+  timing=$(python3 - "$OUT_DIR/archive_$S" "$COUNT" "$t0" <<'PY'
+import glob, json, sys, time
+root, count, t0 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+first = None
+while True:
+    n = 0
+    for f in glob.glob(root + "/_connectd/log/*/*/*.json"):
+        try:
+            n += json.load(open(f))["records"]
+        except (OSError, ValueError):
+            pass
+    now = time.time()
+    if n and first is None:
+        first = (now, n)
+    if n >= count:
+        break
+    time.sleep(0.05)
+total = now - t0
+steady = (count - first[1]) / (now - first[0]) if now > first[0] else None
+print(json.dumps({"what": "parquet_sink", "records": count, "seconds": round(total, 3),
+                  "per_second": round(count / total), "steady_per_second": steady and round(steady)}))
 PY
-)" -ge "$COUNT" ]; do sleep 0.2; done
-  secs=$(python3 -c "import time; print(round(time.time() - $t0, 3))")
+)
   stats=$(merge "$(proc_stats)" "$(svc_delta "$before" "$(svc_cpu)")")
   stats=$(merge "$stats" "$(curl -sf "http://$CD_ADMIN/connectors/archive" | python3 -c 'import json,sys; print(json.dumps({"details": json.load(sys.stdin)["details"]}))')")
   stop_connectd
   pq_bytes=$(find "$OUT_DIR/archive_$S" -name '*.parquet' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
   pq_files=$(find "$OUT_DIR/archive_$S" -name '*.parquet' | wc -l)
-  record parquet_sink "$(merge "{\"what\": \"parquet_sink\", \"records\": $COUNT, \"seconds\": $secs, \"per_second\": $(python3 -c "print(round($COUNT / $secs))"), \"files\": $pq_files, \"bytes\": $pq_bytes}" "$stats")"
-  record parquet_ceiling "$("$KB" parquet-ceiling --count "$COUNT" --dir "$OUT_DIR/ceiling_$S" --flush 100000)"
+  record parquet_sink "$(merge "$(merge "$timing" "{\"files\": $pq_files, \"bytes\": $pq_bytes}")" "$stats")"
+  record parquet_ceiling "$("$KB" parquet-ceiling --count "$COUNT" --dir "$OUT_DIR/ceiling_$S" --flush 50000)"
   record storage_bytes "{\"records\": $COUNT, \"parquet_bytes\": $pq_bytes, \"postgres_bytes\": $pg_bytes}"
   rm -rf "$OUT_DIR/archive_$S" "$OUT_DIR/ceiling_$S"
 
