@@ -65,7 +65,7 @@ use serde::Deserialize;
 
 use self::layout::PartitionBy;
 use self::sink::{ParquetSink, Shared};
-use crate::postgres::mapping::{envelope_columns, ColumnSpec, SqlType, META};
+use crate::postgres::mapping::{columns_or_envelope, valid_source, ColumnSpec, SqlType, META};
 
 /// When a partition's buffer becomes a file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -139,11 +139,7 @@ pub struct ParquetSinkConfig {
 
 impl ParquetSinkConfig {
     fn columns(&self) -> Vec<(String, ColumnSpec)> {
-        self.columns
-            .clone()
-            .unwrap_or_else(envelope_columns)
-            .into_iter()
-            .collect()
+        columns_or_envelope(&self.columns)
     }
 }
 
@@ -262,7 +258,7 @@ impl SinkPlugin for ParquetSinkPlugin {
                     "a column name must not be empty or contain / or =",
                 ));
             }
-            if !(spec.from.starts_with('/') || META.contains(&spec.from.as_str())) {
+            if !valid_source(&spec.from) {
                 issues.push(ConfigIssue::new(
                     format!("columns.{name}.from"),
                     format!("expected a JSON pointer or one of {META:?}"),
@@ -373,7 +369,10 @@ mod tests {
         assert_eq!(ParquetSinkPlugin::validate(&c), Ok(()));
         assert_eq!(c.partition_by, [PartitionBy::Date("event_ts".into())]);
         assert_eq!(c.roll.max_records, 100_000);
-        assert_eq!(c.columns().len(), envelope_columns().len());
+        assert_eq!(
+            c.columns().len(),
+            crate::postgres::mapping::envelope_columns().len()
+        );
     }
 
     #[test]

@@ -154,10 +154,14 @@ impl Shared {
         let mut folder = String::new();
         for (key, i, level) in &self.levels {
             let value = match level {
-                PartitionBy::Column(_) => cells[*i]
-                    .text()
-                    .map(|t| escape_value(&t))
-                    .unwrap_or_else(|| NULL_PARTITION.into()),
+                PartitionBy::Column(_) => match &cells[*i] {
+                    // Text (the usual business key) is escaped without a copy first.
+                    Cell::Str(t) => escape_value(t),
+                    other => other
+                        .text()
+                        .map(|t| escape_value(&t))
+                        .unwrap_or_else(|| NULL_PARTITION.into()),
+                },
                 PartitionBy::Date(_) => cells[*i]
                     .day_and_hour()
                     .map(|(d, _)| d)

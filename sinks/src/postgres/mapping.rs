@@ -108,6 +108,23 @@ pub fn envelope_columns() -> BTreeMap<String, ColumnSpec> {
 /// Valid `from` values besides JSON pointers.
 pub const META: &[&str] = &["$key", "$topic", "$partition", "$offset", "$timestamp"];
 
+/// True when a column's `from` is a JSON pointer or one of [`META`].
+pub fn valid_source(from: &str) -> bool {
+    from.starts_with('/') || META.contains(&from)
+}
+
+/// A sink's `columns` setting in name order, or the event envelope's columns when it is
+/// absent (`postgres_sink`, `parquet_sink`).
+pub fn columns_or_envelope(
+    columns: &Option<BTreeMap<String, ColumnSpec>>,
+) -> Vec<(String, ColumnSpec)> {
+    columns
+        .clone()
+        .unwrap_or_else(envelope_columns)
+        .into_iter()
+        .collect()
+}
+
 /// Where a column's value comes from, parsed once.
 #[derive(Debug, Clone)]
 enum Source {

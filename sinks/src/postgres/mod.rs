@@ -37,7 +37,7 @@ use connector_core::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use self::mapping::{envelope_columns, ColumnSpec, Mapping, META};
+use self::mapping::{columns_or_envelope, valid_source, ColumnSpec, Mapping, META};
 use self::sink::{PostgresSink, SinkMetrics};
 use self::sql::{insert_unnest, valid_ident, valid_table, Conflict};
 
@@ -108,11 +108,7 @@ fn default_statement_timeout() -> Duration {
 
 impl PostgresSinkConfig {
     fn columns(&self) -> Vec<(String, ColumnSpec)> {
-        self.columns
-            .clone()
-            .unwrap_or_else(envelope_columns)
-            .into_iter()
-            .collect()
+        columns_or_envelope(&self.columns)
     }
 }
 
@@ -264,7 +260,7 @@ impl SinkPlugin for PostgresSinkPlugin {
                     "is not a valid column name ([A-Za-z_][A-Za-z0-9_]*)",
                 ));
             }
-            if !(spec.from.starts_with('/') || META.contains(&spec.from.as_str())) {
+            if !valid_source(&spec.from) {
                 issues.push(ConfigIssue::new(
                     format!("columns.{name}.from"),
                     format!(
