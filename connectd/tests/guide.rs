@@ -74,17 +74,32 @@ fn cargo(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", workspace().join("target/guide"))
+        // A second build of the whole dependency tree: without debug info and incremental
+        // files it takes about a third of the disk (CI machines are not large).
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .env("CARGO_INCREMENTAL", "0")
         .env_remove("CARGO_MANIFEST_DIR")
         .stdin(Stdio::null())
         .output()
         .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "cargo {args:?} in {} failed:\n{}\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        // The error is at the end of a long list of `Compiling …` lines: show the end.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        let df = Command::new("df")
+            .args(["-h", "."])
+            .current_dir(workspace())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!(
+            "cargo {args:?} in {} failed ({}):\n{}\n… last lines of stderr:\n{tail}\ndisk:\n{df}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+        );
+    }
     out
 }
 
