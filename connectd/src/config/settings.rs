@@ -292,7 +292,11 @@ pub struct ConsumerSettings {
     #[serde(default = "default_in_flight")]
     #[schemars(range(min = 1, max = 64))]
     pub max_in_flight: usize,
-    /// Most bytes read but not yet committed; consumption pauses above it.
+    /// Most memory, across all slots, of records read and not yet settled: those waiting for
+    /// a worker and every batch in flight, including a transform's outputs whose produce
+    /// acknowledgements are outstanding. A record counts its key, value and headers plus a
+    /// fixed overhead for its own structure (~230 bytes; ~160 for a queued output). Reading
+    /// from the broker stops above it.
     #[serde(default = "default_max_buffered")]
     #[schemars(range(min = 1))]
     pub max_buffered_bytes: usize,
@@ -311,7 +315,7 @@ fn default_in_flight() -> usize {
     2
 }
 fn default_max_buffered() -> usize {
-    64 * 1024 * 1024
+    32 * 1024 * 1024
 }
 
 impl ConsumerSettings {

@@ -16,7 +16,7 @@
 //! * Shutdown: stops reading, waits (bounded) for in-flight batches, commits, leaves the group.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,9 +72,24 @@ struct Shared {
     /// Set by an assignment that found a sink's stored offset beyond its partition's end: the
     /// runner stops the connector (failed) before it dispatches anything.
     stale_offsets: Mutex<Option<String>>,
+    /// Memory of the batches handed to workers and not yet settled, across all slots
+    /// (see [`memory_of`]): a batch whose acknowledgements are outstanding still holds its
+    /// records while the worker runs the next one. Kept by [`InFlight`].
+    in_flight_bytes: AtomicUsize,
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            parts: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+            wake: Notify::new(),
+            generation: AtomicU64::new(0),
+            stale_offsets: Mutex::new(None),
+            in_flight_bytes: AtomicUsize::new(0),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Tp, PartState>> {
         match self.parts.lock() {
             Ok(g) => g,
@@ -446,10 +461,64 @@ impl ConsumerContext for RunnerContext {
     }
 }
 
+/// Heap a buffered record costs besides its key, value and headers: the allocator's rounding
+/// of its buffers and its headers' list. With the `Record` itself (counted by the capacity of
+/// the vector holding it), measured on the benchmark's ~330-byte envelopes a record took about
+/// twice its `byte_size`; counting only `byte_size` against `max_buffered_bytes` let a 6-slot
+/// transform's heap reach twice its budget.
+const RECORD_HEAP_OVERHEAD: usize = 96;
+
+/// What `records` records of `bytes` bytes (keys + values + headers), held in vectors of
+/// `capacity` records in all, cost in memory, as counted against `max_buffered_bytes`.
+fn memory_of(records: usize, capacity: usize, bytes: usize) -> usize {
+    bytes + records * RECORD_HEAP_OVERHEAD + capacity * std::mem::size_of::<Record>()
+}
+
+/// A batch's share of [`Shared::in_flight_bytes`], from its dispatch until it is settled or
+/// dropped (on every path: settled, failed, or abandoned at shutdown). Dropping it wakes the
+/// runner, which may be holding the consumer for memory.
+struct InFlight {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>, bytes: usize) -> Self {
+        shared.in_flight_bytes.fetch_add(bytes, Ordering::SeqCst);
+        InFlight {
+            shared: Arc::clone(shared),
+            bytes,
+        }
+    }
+
+    /// Counts `bytes` more until the batch is dropped (its outputs in the producer's queue).
+    fn grow(&mut self, bytes: usize) {
+        self.shared
+            .in_flight_bytes
+            .fetch_add(bytes, Ordering::SeqCst);
+        self.bytes += bytes;
+    }
+}
+
+/// Memory librdkafka's producer takes for each queued message besides its key, value and
+/// headers (its message structure and the copy's allocation), as counted in flight.
+const PRODUCED_OVERHEAD: usize = 160;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared
+            .in_flight_bytes
+            .fetch_sub(self.bytes, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+}
+
 /// A batch handed to a slot.
 struct Batch {
     generation: u64,
     records: Vec<Record>,
+    /// Counted in flight until the batch is dropped.
+    in_flight: InFlight,
 }
 
 /// The runner's side of one worker slot: the batch being built and what is in flight.
@@ -463,8 +532,6 @@ struct Slot {
     first_at: Option<Instant>,
     /// The worker has a batch.
     busy: bool,
-    /// Bytes of the batch the worker has.
-    busy_bytes: usize,
 }
 
 impl Slot {
@@ -475,7 +542,6 @@ impl Slot {
             bytes: 0,
             first_at: None,
             busy: false,
-            busy_bytes: 0,
         }
     }
 
@@ -504,11 +570,21 @@ impl Slot {
         !self.busy && !self.building.is_empty() && (full || lingered)
     }
 
+    /// Memory of the records being built (see [`memory_of`]).
+    fn memory(&self) -> usize {
+        memory_of(self.building.len(), self.building.capacity(), self.bytes)
+    }
+
     /// Takes the next batch (at most `max_records`, oldest first) and marks the slot busy.
-    /// Records left behind start a new linger period.
-    fn take(&mut self, max_records: usize, now: Instant) -> Vec<Record> {
+    /// Records left behind start a new linger period. Returns the records and their bytes.
+    fn take(&mut self, max_records: usize, now: Instant) -> (Vec<Record>, usize) {
         let take = self.building.len().min(max_records);
         let records: Vec<Record> = self.building.drain(..take).collect();
+        // A slot that read far ahead once would otherwise keep that vector's capacity for good.
+        let keep = self.building.len() + max_records;
+        if self.building.capacity() > 2 * keep {
+            self.building.shrink_to(keep);
+        }
         let bytes: usize = records.iter().map(Record::byte_size).sum();
         self.bytes -= bytes.min(self.bytes);
         self.first_at = if self.building.is_empty() {
@@ -517,14 +593,12 @@ impl Slot {
             Some(now)
         };
         self.busy = true;
-        self.busy_bytes = bytes;
-        records
+        (records, bytes)
     }
 
     /// The worker reported its batch over.
     fn finished(&mut self) {
         self.busy = false;
-        self.busy_bytes = 0;
     }
 
     /// When the batch being built lingers out, if the slot is waiting for that.
@@ -669,13 +743,7 @@ impl Runner {
             offset_store,
         } = params;
         let group = settings.group(&name);
-        let shared = Arc::new(Shared {
-            parts: Mutex::new(HashMap::new()),
-            changed: Condvar::new(),
-            wake: Notify::new(),
-            generation: AtomicU64::new(0),
-            stale_offsets: Mutex::new(None),
-        });
+        let shared = Arc::new(Shared::new());
         let ctx = RunnerContext {
             shared: shared.clone(),
             handle: handle.clone(),
@@ -794,7 +862,7 @@ impl Runner {
             if !s.ready(&self.batch, now) {
                 continue;
             }
-            let records = s.take(self.batch.max_records, now);
+            let (records, bytes) = s.take(self.batch.max_records, now);
             tracing::trace!(connector = %self.name, slot = i, records = records.len(), still_buffered = s.building.len(), "batch dispatched");
             {
                 let mut g = self.shared.lock();
@@ -808,6 +876,10 @@ impl Runner {
             }
             let batch = Batch {
                 generation,
+                in_flight: InFlight::new(
+                    &self.shared,
+                    memory_of(records.len(), records.capacity(), bytes),
+                ),
                 records,
             };
             if s.tx.send(batch).await.is_err() {
@@ -834,7 +906,10 @@ impl Runner {
     /// partitions on the consumer. Returns whether to stop taking records for now.
     fn apply_backpressure(&mut self) -> bool {
         let n_slots = self.slots.len();
-        let buffered: usize = self.slots.iter().map(|s| s.bytes + s.busy_bytes).sum();
+        // One budget across all slots: what is being built, and every batch not yet settled
+        // (including those whose acknowledgements are outstanding).
+        let buffered: usize = self.slots.iter().map(Slot::memory).sum::<usize>()
+            + self.shared.in_flight_bytes.load(Ordering::SeqCst);
         let assigned: Vec<Tp> = self.shared.lock().keys().cloned().collect();
         let mut levels: Vec<Option<(usize, usize)>> = vec![None; n_slots];
         for tp in &assigned {
@@ -1071,8 +1146,14 @@ async fn worker_loop(
                 }
             }
         };
-        let Some(batch) = next else { break };
+        let Some(mut batch) = next else { break };
         let started = env.start(&mut instance, &batch.records).await;
+        if let Ok(a) = &started {
+            // The producer's copies of the outputs count against the budget until the batch
+            // is settled, as much as the records themselves.
+            let (n, bytes) = a.queued();
+            batch.in_flight.grow(bytes + n * PRODUCED_OVERHEAD);
+        }
         // The previous batch settles before this one (its records come first).
         let previous = match pending.take() {
             Some((b, a)) => settle(&env, &shared, &mut instance, b, a).await,
@@ -1343,31 +1424,78 @@ mod tests {
             s.push(rec(0, i, 10), t0);
         }
         let per_record = s.bytes / 150;
-        let taken = s.take(100, t1);
+        let (taken, taken_bytes) = s.take(100, t1);
         let offsets: Vec<i64> = taken
             .iter()
             .filter_map(|r| r.origin.as_ref().map(|o| o.offset))
             .collect();
         assert_eq!(offsets, (0..100).collect::<Vec<_>>());
         assert!(s.busy);
-        assert_eq!(s.busy_bytes, 100 * per_record);
+        assert_eq!(taken_bytes, 100 * per_record);
+        assert_eq!(
+            s.memory(),
+            memory_of(50, s.building.capacity(), 50 * per_record)
+        );
+        assert!(s.building.capacity() >= 50);
         assert_eq!(s.bytes, 50 * per_record);
         assert_eq!(s.first_at, Some(t1), "the rest lingers afresh");
         assert_eq!(s.linger_deadline(Duration::from_millis(10)), None, "busy");
         s.finished();
         assert!(!s.busy);
-        assert_eq!(s.busy_bytes, 0);
         assert_eq!(
             s.linger_deadline(Duration::from_millis(10)),
             Some(t1 + Duration::from_millis(10))
         );
-        let rest = s.take(100, t1);
+        let (rest, _) = s.take(100, t1);
         assert_eq!(rest.len(), 50);
         assert_eq!((s.bytes, s.first_at), (0, None));
         s.push(rec(0, 200, 10), t1);
         s.reset();
         assert!(s.building.is_empty());
         assert_eq!((s.bytes, s.first_at), (0, None));
+    }
+
+    #[test]
+    fn a_batch_counts_in_flight_until_it_is_dropped_and_wakes_the_runner() {
+        let shared = Arc::new(Shared::new());
+        let a = InFlight::new(&shared, 1000);
+        let b = InFlight::new(&shared, memory_of(10, 16, 500));
+        let in_flight = || shared.in_flight_bytes.load(Ordering::SeqCst);
+        assert_eq!(
+            in_flight(),
+            1000 + 500 + 10 * RECORD_HEAP_OVERHEAD + 16 * std::mem::size_of::<Record>()
+        );
+        drop(a);
+        assert_eq!(in_flight(), memory_of(10, 16, 500));
+        let mut b = b;
+        b.grow(300);
+        assert_eq!(in_flight(), memory_of(10, 16, 500) + 300);
+        drop(b);
+        assert_eq!(in_flight(), 0);
+        // The drop left a wake-up for the runner's loop.
+        assert!(shared.wake.notified().now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_slot_gives_back_the_capacity_of_a_long_read_ahead() {
+        let t0 = Instant::now();
+        let mut s = slot();
+        for i in 0..1000 {
+            s.push(rec(0, i, 10), t0);
+        }
+        let grown = s.building.capacity();
+        assert!(grown >= 1000);
+        assert!(s.memory() >= memory_of(1000, 1000, s.bytes));
+        for _ in 0..9 {
+            let _ = s.take(100, t0);
+            s.finished();
+        }
+        assert_eq!(s.building.len(), 100);
+        assert!(
+            s.building.capacity() <= 2 * (100 + 100),
+            "capacity {} kept after the backlog (was {grown})",
+            s.building.capacity()
+        );
     }
 
     #[test]

@@ -292,6 +292,7 @@ impl WorkerEnv {
             dead: Vec::new(),
             finished: Vec::new(),
             emits: Vec::new(),
+            queued: (0, 0),
             acks: None,
         };
         match instance {
@@ -362,6 +363,7 @@ impl WorkerEnv {
                             .map(|o| (o.topic.as_deref().unwrap_or(output.as_str()), &o.record))
                     })
                     .collect();
+                a.queued = (items.len(), items.iter().map(|(_, r)| r.byte_size()).sum());
                 a.acks = Some(self.producer.enqueue_all(&items, QUEUE_TIMEOUT).await);
                 a.emits = emitted.iter().map(|(i, outs)| (*i, outs.len())).collect();
             }
@@ -442,10 +444,18 @@ pub struct Attempt {
     finished: Vec<usize>,
     /// Emitting records (index, number of outputs), in the order of `acks`.
     emits: Vec<(usize, usize)>,
+    /// Outputs put into the producer's queue by the first attempt: (records, bytes).
+    queued: (usize, usize),
     acks: Option<Acks>,
 }
 
 impl Attempt {
+    /// Outputs this attempt put into the producer's queue, as (records, bytes of keys +
+    /// values + headers): the producer holds a copy of each until it is acknowledged.
+    pub fn queued(&self) -> (usize, usize) {
+        self.queued
+    }
+
     /// Whether produce acknowledgements are outstanding (worth starting the next batch first).
     pub fn awaits_acks(&self) -> bool {
         self.acks.is_some()
