@@ -21,7 +21,9 @@ if [ -f .dev/connectd.pid ] && kill -0 "$(cat .dev/connectd.pid)" 2>/dev/null; t
   kill -TERM "$(cat .dev/connectd.pid)" || true
   for _ in $(seq 1 100); do kill -0 "$(cat .dev/connectd.pid)" 2>/dev/null || break; sleep 0.2; done
 fi
-cargo build --release --locked -p connectd --bin connectd --example kafka_bench --example stream_bench -p connectd-loadgen >&2
+# `--bin` selects in every named package: loadgen must be named too, or a fresh target
+# directory has no load generator.
+cargo build --release --locked -p connectd -p connectd-loadgen --bin connectd --bin loadgen --example kafka_bench --example stream_bench >&2
 BIN=target/release/connectd
 KB=target/release/examples/kafka_bench
 SB=target/release/examples/stream_bench
