@@ -3,12 +3,14 @@
 # min–max, next to the ceilings measured in the same run on the same machine.
 #
 #   bash scripts/bench.sh                 # RUNS=3 COUNT=1000000 E2E_SECONDS=60
+#   E2E_ONLY=1 bash scripts/bench.sh      # only the end-to-end runs (the rest of the report: —)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUNS="${RUNS:-3}"
 COUNT="${COUNT:-1000000}"
 SIZE="${SIZE:-100}"
 E2E_SECONDS="${E2E_SECONDS:-60}"
+E2E_USERS="${E2E_USERS:-10000}"
 HTTP_COUNT="${HTTP_COUNT:-300000}"
 OUT_DIR="${BENCH_DIR:-bench-results}"
 
@@ -63,6 +65,39 @@ print(f'{{"cpu_seconds": {cpu:.2f}, "peak_rss_mb": {rss/1024:.1f}}}')
 PY
 }
 
+# Where connectd's CPU went, as JSON fields: each connector's busy and blocking time from
+# /metrics (connector_core::task), the runtime's busy time, and the CPU of librdkafka's own
+# threads (named rdk:*), which no connector's counter sees.
+stage_stats() {
+  curl -sf "http://$CD_ADMIN/metrics" >"$OUT_DIR/metrics.txt" || : >"$OUT_DIR/metrics.txt"
+  python3 - "$CD_PID" "$(getconf CLK_TCK)" "$OUT_DIR/metrics.txt" <<'PY'
+import glob, json, re, sys
+pid, tck, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+busy, blocking, polls, runtime = {}, {}, {}, 0
+for line in open(path):
+    m = re.match(r'connectd_connector_(busy|blocking)_microseconds_total\{connector="([^"]+)"\} (\d+)', line)
+    if m:
+        (busy if m[1] == "busy" else blocking)[m[2]] = int(m[3])
+    m = re.match(r'connectd_connector_polls_total\{connector="([^"]+)"\} (\d+)', line)
+    if m:
+        polls[m[1]] = int(m[2])
+    m = re.match(r"connectd_runtime_busy_microseconds(?:\{\})? (\d+)", line)
+    if m:
+        runtime = int(m[1])
+rdk = 0
+for t in glob.glob(f"/proc/{pid}/task/*/stat"):
+    try:
+        raw = open(t).read()
+    except OSError:
+        continue
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    f = raw.rsplit(")", 1)[1].split()
+    if comm.startswith("rdk:"):
+        rdk += int(f[11]) + int(f[12])
+print(json.dumps({"busy_us": busy, "blocking_us": blocking, "polls": polls, "runtime_busy_us": runtime, "rdkafka_cpu_seconds": rdk / tck}))
+PY
+}
+
 # Cumulative CPU seconds of the services (PostgreSQL counts its exited backends too).
 svc_cpu() {
   python3 - "$(getconf CLK_TCK)" <<'PY'
@@ -81,11 +116,19 @@ out = {"tansu": sum(ticks(p) for p in pids("-f", "tansu")),
        "redis": sum(ticks(p) for p in pids("-f", "redis-server"))}
 pm = pids("-o", "-x", "postgres")
 out["postgres"] = (ticks(pm[0], True) + sum(ticks(p) for p in pids("-P", str(pm[0])))) if pm else 0
-print(json.dumps({k: v / tck for k, v in out.items()}))
+out = {k: v / tck for k, v in out.items()}
+# Bytes through the loopback interface (every service talks over it; in a topic -> topic run,
+# nearly all of it is the broker's produce and fetch traffic).
+try:
+    lo = next(l for l in open("/proc/net/dev") if l.strip().startswith("lo:"))
+    out["loopback_bytes"] = int(lo.split(":", 1)[1].split()[0])
+except (OSError, StopIteration):
+    out["loopback_bytes"] = 0
+print(json.dumps(out))
 PY
 }
 # JSON of per-service CPU seconds between two svc_cpu outputs.
-svc_delta() { python3 -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print(json.dumps({k+"_cpu_seconds": round(b[k]-a[k],2) for k in a}))' "$1" "$2"; }
+svc_delta() { python3 -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print(json.dumps({(k if k.endswith("_bytes") else k+"_cpu_seconds"): round(b[k]-a[k],2) for k in a}))' "$1" "$2"; }
 
 merge() { python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); r=a.get("records") or 1; a["cpu_us_per_record"]=round(a.get("cpu_seconds",0)*1e6/r,2) if "cpu_seconds" in a else None; print(json.dumps(a))' "$1" "$2"; }
 
@@ -108,9 +151,44 @@ consume_bench() {
   record "$section" "$(merge "$line" "$stats")"
 }
 
+# End to end: runs config $2 (an http_source on 127.0.0.1:18081 with key $KEY) under the load
+# generator for E2E_SECONDS at full speed with run id $3, waits until table $4 holds every
+# accepted event of the run and each "connector:topic" of $5 (default groups, connectd-NAME)
+# committed as many, and records section $1 (the run) and $1_stats (CPU of every process, and
+# connectd's per connector).
+e2e_bench() {
+  local section=$1 cfg=$2 run_id=$3 table=$4 waits=$5
+  local before lg_cpu accepted rows rows_at_end t0 drain stats stages dupkeys w
+  before=$(svc_cpu)
+  start_connectd "$cfg" "$OUT_DIR/$section.log"
+  for _ in $(seq 1 150); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.2; done
+  lg_cpu=$(python3 -c 'import resource,subprocess,sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); r=resource.getrusage(resource.RUSAGE_CHILDREN); print(round(r.ru_utime+r.ru_stime,2))' \
+    "$LG" --url http://127.0.0.1:18081 --key "$KEY" --count 100000000 --duration "$E2E_SECONDS" --batch 100 --dup-ratio 0.2 --concurrency 8 --users "$E2E_USERS" --run-id "$run_id" --report "$OUT_DIR/$section.json")
+  accepted=$(python3 -c 'import json;print(json.load(open("'"$OUT_DIR/$section"'.json"))["accepted_distinct_keys"])')
+  rows_at_end=$(psql_q "SELECT count(*) FROM $table WHERE source = '$run_id'")
+  t0=$(date +%s.%N)
+  for _ in $(seq 1 1200); do
+    rows=$(psql_q "SELECT count(*) FROM $table WHERE source = '$run_id'")
+    [ "$rows" -ge "$accepted" ] && break
+    sleep 0.25
+  done
+  drain=$(python3 -c "import time;print(round(time.time()-$t0,2))")
+  for w in $waits; do
+    "$KB" wait-group --group "connectd-${w%%:*}" --topic "${w#*:}" --count "$accepted" --timeout-secs 300 >/dev/null \
+      || echo "WARNING: ${w%%:*} did not commit $accepted records of ${w#*:}" >&2
+  done
+  stats=$(proc_stats)
+  stages=$(stage_stats)
+  dupkeys=$(psql_q "SELECT count(*) - count(DISTINCT idempotency_key) FROM $table WHERE source = '$run_id'")
+  stop_connectd
+  record "$section" "$(merge "$(cat "$OUT_DIR/$section.json")" "{\"rows\": $rows, \"rows_at_end_of_load\": $rows_at_end, \"lag_at_end\": $((accepted - rows_at_end)), \"drain_seconds\": $drain, \"duplicate_rows\": $dupkeys, \"users\": $E2E_USERS, \"stored_per_second\": $(python3 -c "print(round($rows/($E2E_SECONDS+$drain)))")}")"
+  record "${section}_stats" "$(merge "$(merge "$(merge "$stats" "$(svc_delta "$before" "$(svc_cpu)")")" "$stages")" "{\"loadgen_cpu_seconds\": $lg_cpu, \"records\": $accepted}")"
+}
+
 for run in $(seq 1 "$RUNS"); do
   echo "== run $run/$RUNS" >&2
   S="b$run$$"
+  if [ -z "${E2E_ONLY:-}" ]; then
   # -- ceilings
   record pg_unnest_1 "$("$KB" pg-ceiling --rows "$COUNT" --conns 1 --method unnest)"
   before=$(svc_cpu)
@@ -248,6 +326,21 @@ connectors:
   - { name: fwd, type: forward, input: $S-en, output: $S-en-fwd, group_id: $S-en-fwd, max_in_flight: 2, batch: { max_records: 5000, linger: 20ms } }
 YAML
   consume_bench "$OUT_DIR/forward_envelopes.yaml" "$S-en-fwd" "$COUNT" "$S-en" forward_envelopes
+  # Producer compression: the same forward as a middle stage of a pipeline whose producers all
+  # compress — it reads a topic written with the codec (by a first forward, not measured) and
+  # writes with it — beside forward_envelopes above (no compression on either side).
+  for codec in lz4 zstd; do
+    for leg in a b; do
+      if [ "$leg" = a ]; then from=$S-en; else from=$S-en-$codec-a; fi
+      cat >"$OUT_DIR/compress_$codec$leg.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS}, producer: { compression.type: $codec } }
+admin: { listen: \${CONNECTD_ADMIN} }
+connectors:
+  - { name: fwd, type: forward, input: $from, output: $S-en-$codec-$leg, group_id: $S-en-$codec-$leg, max_in_flight: 2, batch: { max_records: 5000, linger: 20ms } }
+YAML
+      consume_bench "$OUT_DIR/compress_$codec$leg.yaml" "$S-en-$codec-$leg" "$COUNT" "$from" "forward_${codec}_$leg"
+    done
+  done
   for mode in up down; do
     if [ "$mode" = up ]; then url='${DATABASE_URL}'; else url="postgres://connectd:connectd@127.0.0.1:1/connectd"; fi
     cat >"$OUT_DIR/enrich_$mode.yaml" <<YAML
@@ -402,6 +495,8 @@ YAML
     record "stream_$mode" "$(merge "$(merge "$line" "$stats")" "$(svc_delta "$before" "$(svc_cpu)")")"
   done
 
+  fi # E2E_ONLY
+
   # -- end to end: HTTP -> dedup -> Postgres for E2E_SECONDS at full speed
   psql_q "CREATE TABLE e2e_$S (LIKE growth_events INCLUDING ALL)" >/dev/null
   cat >"$OUT_DIR/e2e.yaml" <<YAML
@@ -413,26 +508,22 @@ connectors:
   - { name: dedup, type: redis_dedup, input: $S-raw, output: $S-unique, group_id: $S-e2e-dd, redis_url: \${REDIS_URL}, key_prefix: e2e$S, window: 2m, max_in_flight: 6, batch: { max_records: 5000, linger: 20ms } }
   - { name: store, type: postgres_sink, input: $S-unique, group_id: $S-e2e-pg, database_url: \${DATABASE_URL}, table: e2e_$S, pool_size: 2, max_in_flight: 2, batch: { max_records: 5000, linger: 50ms } }
 YAML
-  e2e_before=$(svc_cpu)
-  start_connectd "$OUT_DIR/e2e.yaml" "$OUT_DIR/e2e.log"
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.1; done
-  lg_cpu=$(python3 -c 'import resource,subprocess,sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); r=resource.getrusage(resource.RUSAGE_CHILDREN); print(round(r.ru_utime+r.ru_stime,2))' \
-    "$LG" --url http://127.0.0.1:18081 --key "$KEY" --count 100000000 --duration "$E2E_SECONDS" --batch 100 --dup-ratio 0.2 --concurrency 8 --run-id "e2e$S" --report "$OUT_DIR/e2e.json")
-  accepted=$(python3 -c 'import json;print(json.load(open("'"$OUT_DIR"'/e2e.json"))["accepted_distinct_keys"])')
-  rows_at_end=$(psql_q "SELECT count(*) FROM e2e_$S")
-  t0=$(date +%s.%N)
-  for _ in $(seq 1 1200); do
-    rows=$(psql_q "SELECT count(*) FROM e2e_$S")
-    [ "$rows" -ge "$accepted" ] && break
-    sleep 0.25
-  done
-  drain=$(python3 -c "import time;print(round(time.time()-$t0,2))")
-  stats=$(proc_stats)
-  dupkeys=$(psql_q "SELECT count(*) - count(DISTINCT idempotency_key) FROM e2e_$S")
-  stop_connectd
-  record e2e "$(merge "$(cat "$OUT_DIR/e2e.json")" "{\"rows\": $rows, \"rows_at_end_of_load\": $rows_at_end, \"lag_at_end\": $((accepted - rows_at_end)), \"drain_seconds\": $drain, \"duplicate_rows\": $dupkeys, \"stored_per_second\": $(python3 -c "print(round($rows/($E2E_SECONDS+$drain)))")}")"
-  record e2e_stats "$(merge "$(merge "$stats" "$(svc_delta "$e2e_before" "$(svc_cpu)")")" "{\"loadgen_cpu_seconds\": $lg_cpu, \"records\": $accepted}")"
+  e2e_bench e2e "$OUT_DIR/e2e.yaml" "e2e$S" "e2e_$S" ""
   psql_q "DROP TABLE e2e_$S" >/dev/null
+
+  # -- end to end through the default pipeline itself (connectors.yaml: ingest, dedup, enrich,
+  #    store, archive, activity, per-minute, daily-active, dead-letters) on topics of this run,
+  #    every user with a profile for enrich; timed until every stage after enrich committed
+  #    every event.
+  sed -E "s/events\.(raw|unique|enriched|dlq|per_minute)/$S-&/g" connectors.yaml >"$OUT_DIR/e2e_full.yaml"
+  "$LG" --key "$KEY" --users "$E2E_USERS" --list-users \
+    | psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "CREATE TEMP TABLE p (user_id uuid)" -c "COPY p FROM STDIN" \
+      -c "INSERT INTO user_profiles (user_id, tier, region) SELECT user_id, 'pro', 'eu' FROM p ON CONFLICT (user_id) DO NOTHING" >&2
+  rm -rf "$OUT_DIR/archive_full_$S"
+  CONNECTD_HTTP=127.0.0.1:18081 CONNECTD_DEMO_KEY=$KEY CONNECTD_ARCHIVE_URL=$OUT_DIR/archive_full_$S \
+    e2e_bench e2e_full "$OUT_DIR/e2e_full.yaml" "e2ef$S" growth_events \
+    "store:$S-events.enriched archive:$S-events.enriched activity:$S-events.enriched per-minute:$S-events.enriched daily-active:$S-events.enriched"
+  rm -rf "$OUT_DIR/archive_full_$S"
 done
 
 python3 scripts/bench_report.py "$RESULTS" "$COUNT" "$SIZE" >BENCHMARKS.md

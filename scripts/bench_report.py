@@ -141,7 +141,98 @@ def enrich_ceiling():
 
 enrich_c = enrich_ceiling()
 fwd_env = med("forward_envelopes", "steady_per_second")
-e2e_acc = [r["accepted_distinct_keys"] / r["seconds"] for r in by.get("e2e", []) if r.get("seconds")]
+def accepted_rates(section):
+    return [r["accepted_distinct_keys"] / r["seconds"] for r in by.get(section, []) if r.get("seconds")]
+
+
+def show_rates(v):
+    return f"{statistics.median(v):,.0f} ({min(v):,.0f}–{max(v):,.0f})" if v else "—"
+
+
+e2e_acc = accepted_rates("e2e")
+full_acc = accepted_rates("e2e_full")
+
+# The default pipeline's connectors in the order events pass them.
+STAGES = ["ingest", "dedup", "enrich", "store", "archive", "activity", "per-minute", "daily-active", "dead-letters"]
+UNATTRIBUTED = "runtime work of no connector's task (Redis and PostgreSQL connection drivers, timers, admin API)"
+LIBRDKAFKA = "librdkafka's own threads (every stage's consumer and the shared producer)"
+
+
+def stage_split(section):
+    """connectd CPU µs per accepted event by connector, per run: the CPU of every thread but
+    librdkafka's, split in proportion to the time each connector's tasks were polled (and its
+    blocking closures ran) out of the runtime's busy time plus all blocking time."""
+    out = {}
+    for r in by.get(section, []):
+        busy, blk = r.get("busy_us") or {}, r.get("blocking_us") or {}
+        wall = (r.get("runtime_busy_us") or 0) + sum(blk.values())
+        n = r.get("records")
+        if wall <= 0 or not n:
+            continue
+        rdk = r.get("rdkafka_cpu_seconds") or 0
+        rest = r["cpu_seconds"] - rdk
+        for name in set(busy) | set(blk):
+            out.setdefault(name, []).append(rest * (busy.get(name, 0) + blk.get(name, 0)) / wall * 1e6 / n)
+        idle = max(r["runtime_busy_us"] - sum(busy.values()), 0)
+        out.setdefault(UNATTRIBUTED, []).append(rest * idle / wall * 1e6 / n)
+        out.setdefault(LIBRDKAFKA, []).append(rdk * 1e6 / n)
+        out.setdefault("total", []).append(r["cpu_seconds"] * 1e6 / n)
+    return out
+
+
+def stage_table():
+    split = {sec: stage_split(sec + "_stats") for sec in ("e2e", "e2e_full")}
+    if not any(split.values()):
+        return "(not measured in this run)"
+    names = [n for n in STAGES if any(n in v for v in split.values())]
+    names += sorted({n for v in split.values() for n in v} - set(names) - {UNATTRIBUTED, LIBRDKAFKA, "total"})
+    names += [UNATTRIBUTED, LIBRDKAFKA, "total"]
+    def cell(sec, name):
+        v = split[sec].get(name)
+        return "—" if not v else f"{statistics.median(v):.2f}"
+    def polls(name):
+        v = [r["polls"][name] / r["records"] for r in by.get("e2e_full_stats", []) if name in (r.get("polls") or {}) and r.get("records")]
+        return "" if not v else f"{statistics.median(v):.2f}"
+    lines = ["| connector | HTTP → redis_dedup → postgres_sink | the default pipeline | polls per event (default pipeline) |", "| --- | --- | --- | --- |"]
+    for n in names:
+        label = f"`{n}`" if n in STAGES or n not in (UNATTRIBUTED, LIBRDKAFKA, "total") else n
+        if n == "total":
+            label = "**connectd, total**"
+        lines.append(f"| {label} | {cell('e2e', n)} | {cell('e2e_full', n)} | {polls(n)} |")
+    return "\n".join(lines)
+
+
+def compression_section():
+    rows = [("none", "forward_envelopes"), ("lz4", "forward_lz4_b"), ("zstd", "forward_zstd_b")]
+    if not by.get("forward_lz4_b"):
+        return "(not measured in this run)"
+    def per(section, key):
+        v = [r[key] / r["records"] for r in by.get(section, []) if r.get(key) is not None and r.get("records")]
+        return "—" if not v else f"{statistics.median(v):,.0f}"
+    def c(x):
+        return "—" if x is None else f"{x:.2f}"
+    lines = ["| `compression.type` of every producer | steady state, records/s | connectd CPU µs/record | broker (Tansu) CPU µs/record | loopback bytes per record |",
+             "| --- | --- | --- | --- | --- |"]
+    for codec, sec in rows:
+        lines.append(f"| {codec} | {fmt(sec, 'steady_per_second')} | {c(us(sec, 'cpu_seconds'))} | {c(us(sec, 'tansu_cpu_seconds'))} | {per(sec, 'loopback_bytes')} |")
+    return "\n".join(lines)
+
+
+def e2e_table(section):
+    rates = accepted_rates(section)
+    runs = by.get(section, [])
+    return f"""| what | value |
+| --- | --- |
+| events accepted (distinct, 202) per second | {show_rates(rates)} |
+| events sent per second (incl. 20% duplicates and client retries) | {fmt(section, "events_per_second")} |
+| HTTP latency p50 / p99 ms | {fmt(section, "latency_ms_p50", 1)} / {fmt(section, "latency_ms_p99", 1)} |
+| rows stored per second (load + drain) | {fmt(section, "stored_per_second")} |
+| lag when the load stopped (events accepted, not yet stored) | {fmt(section, "lag_at_end")} |
+| seconds to drain that lag | {fmt(section, "drain_seconds", 1)} |
+| rows == distinct accepted events | {", ".join("yes" if r["rows"] == r["accepted_distinct_keys"] else f"NO ({r['rows']} vs {r['accepted_distinct_keys']})" for r in runs) or "—"} |
+| rows stored twice | {", ".join(str(r["duplicate_rows"]) for r in runs) or "—"} |
+| connectd peak RSS MB (whole pipeline) | {fmt(section + "_stats", "peak_rss_mb", 1)} |
+| connectd CPU seconds | {fmt(section + "_stats", "cpu_seconds", 1)} |"""
 
 print(f"""# BENCHMARKS
 
@@ -210,7 +301,18 @@ divided by the CPU all processes spend per record ("CPU-bound limit").
 {cpu_row("forward_envelopes", "`forward` (envelopes)")}
 {cpu_row("enrich_up", "`enrich`, store up")}
 {cpu_row("enrich_down", "`enrich`, store down")}
-{cpu_row("e2e_stats", "end to end (per distinct accepted event)", (f"{statistics.median(e2e_acc):,.0f} accepted/s" if e2e_acc else "—"))}
+{cpu_row("e2e_stats", "end to end, HTTP → redis_dedup → postgres_sink (per distinct accepted event)", (f"{statistics.median(e2e_acc):,.0f} accepted/s" if e2e_acc else "—"))}
+{cpu_row("e2e_full_stats", "end to end, the default pipeline (per distinct accepted event)", (f"{statistics.median(full_acc):,.0f} accepted/s" if full_acc else "—"))}
+
+### Producer compression
+
+`forward` on the `enrich` benchmark's 1M envelopes (~300 bytes, JSON) as a middle stage: it
+reads a topic written with the codec and writes with it, so it pays both the decompression and
+the compression; "none" is the `forward` (envelopes) row above. Bytes are those through the
+loopback interface over the run (`/proc/net/dev`): the batches produced and fetched, every
+request and answer — connectd and the broker are the only ones talking in these runs.
+
+{compression_section()}
 
 ## Live stream: `GET /v1/stream` through Redis Pub/Sub
 
@@ -218,18 +320,30 @@ divided by the CPU all processes spend per record ("CPU-bound limit").
 
 ## End to end: HTTP → redis_dedup → postgres_sink for {int(med("e2e", "seconds") or 0)} s at full speed
 
-| what | value |
-| --- | --- |
-| events accepted (distinct, 202) per second | {(f"{statistics.median(e2e_acc):,.0f} ({min(e2e_acc):,.0f}–{max(e2e_acc):,.0f})" if e2e_acc else "—")} |
-| events sent per second (incl. 20% duplicates and client retries) | {fmt("e2e", "events_per_second")} |
-| HTTP latency p50 / p99 ms | {fmt("e2e", "latency_ms_p50", 1)} / {fmt("e2e", "latency_ms_p99", 1)} |
-| rows stored per second (load + drain) | {fmt("e2e", "stored_per_second")} |
-| lag when the load stopped (events accepted, not yet stored) | {fmt("e2e", "lag_at_end")} |
-| seconds to drain that lag | {fmt("e2e", "drain_seconds", 1)} |
-| rows == distinct accepted events | {", ".join("yes" if r["rows"] == r["accepted_distinct_keys"] else f"NO ({r['rows']} vs {r['accepted_distinct_keys']})" for r in by.get("e2e", []))} |
-| rows stored twice | {", ".join(str(r["duplicate_rows"]) for r in by.get("e2e", []))} |
-| connectd peak RSS MB (whole pipeline) | {fmt("e2e_stats", "peak_rss_mb", 1)} |
-| connectd CPU seconds | {fmt("e2e_stats", "cpu_seconds", 1)} |
+{e2e_table("e2e")}
+
+## End to end: the default pipeline (`connectors.yaml`) for {int(med("e2e_full", "seconds") or 0)} s at full speed
+
+`connectors.yaml` as shipped, on topics of its own: ingest → dedup → enrich (every one of the
+{int(med("e2e_full", "users") or 0):,} users has a profile) → store, archive (Parquet), activity (Redis), per-minute and
+daily-active (aggregates), dead-letters; the live stream publishes every accepted request to
+Redis. Timed until the table holds every accepted event and each of the five stages after
+enrich committed as many records.
+
+{e2e_table("e2e_full")}
+
+### connectd's CPU per accepted event, by connector (µs)
+
+All connectors share one process and one tokio runtime. Each connector's tasks (and the tasks
+they start through `connector_core::task`) count the time they are polled
+(`connectd_connector_busy_microseconds_total`) and their blocking closures'
+(`connectd_connector_blocking_microseconds_total`); the process's CPU, minus that of
+librdkafka's own threads (read from `/proc`), is split in proportion to those times out of the
+runtime's busy time (`connectd_runtime_busy_microseconds`) plus all blocking time. The
+counting itself costs two clock reads and three atomic additions per poll
+(`connectd_connector_polls_total`).
+
+{stage_table()}
 
 ## Reading the figures
 

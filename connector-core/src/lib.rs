@@ -87,6 +87,7 @@ mod plugin;
 mod record;
 mod registry;
 mod shutdown;
+pub mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 

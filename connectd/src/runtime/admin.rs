@@ -102,6 +102,7 @@ async fn auth(AxState(s): AxState<AppState>, req: Request, next: Next) -> Respon
 /// `/metrics`: OpenMetrics when the scraper asks for it (Prometheus does, in `Accept`), the
 /// classic Prometheus text format otherwise.
 async fn metrics(AxState(s): AxState<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    record_runtime_busy(&s.status.metrics);
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -124,6 +125,27 @@ async fn metrics(AxState(s): AxState<AppState>, headers: HeaderMap) -> impl Into
             s.status.metrics.render(),
         )
     }
+}
+
+/// The time tokio's worker threads spent busy (not parked), summed, as
+/// `connectd_runtime_busy_microseconds`: beside each connector's
+/// `connectd_connector_busy_microseconds_total` (`connector_core::task`), the share of the
+/// runtime's CPU each connector used; the rest is work no connector's task did (library
+/// drivers, timers, this server).
+fn record_runtime_busy(metrics: &connector_core::metrics::Metrics) {
+    let m = tokio::runtime::Handle::current().metrics();
+    let micros: u128 = (0..m.num_workers())
+        .map(|w| m.worker_total_busy_duration(w).as_micros())
+        .sum();
+    metrics
+        .gauge(
+            "connectd_runtime_busy_microseconds",
+            "Time the runtime's worker threads spent busy since start, summed over workers, in microseconds",
+        )
+        .set(i64::try_from(micros).unwrap_or(i64::MAX));
+    metrics
+        .gauge("connectd_runtime_workers", "The runtime's worker threads")
+        .set(i64::try_from(m.num_workers()).unwrap_or(i64::MAX));
 }
 
 async fn health(AxState(s): AxState<AppState>) -> Response {

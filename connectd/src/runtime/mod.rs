@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use connector_core::metrics::Metrics;
+use connector_core::task::BusyTime;
 use connector_core::{Registry, Shutdown, ShutdownTrigger};
 
 use self::kafka::SharedProducer;
@@ -131,11 +132,13 @@ pub async fn run_until(
             handle.set_state(State::Stopped);
             continue;
         }
-        tasks.push(tokio::spawn(supervisor::supervise(
+        // Everything this connector's tasks do is counted as its busy time (task::BusyTime).
+        let busy = BusyTime::new(&status.metrics.with_label("connector", &spec.name));
+        tasks.push(tokio::spawn(busy.run(supervisor::supervise(
             spec,
             env.clone(),
             handle,
-        )));
+        ))));
     }
 
     let mut s = shutdown.clone();

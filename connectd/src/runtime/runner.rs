@@ -780,7 +780,7 @@ impl Runner {
                 shared.clone(),
                 done_tx.clone(),
             );
-            workers.push(tokio::spawn(worker));
+            workers.push(connector_core::task::spawn(worker));
             slots.push(Slot::new(tx));
         }
 

@@ -149,7 +149,7 @@ impl AggregateSink {
             let output = ctx.output.clone();
             let mut shutdown = ctx.shutdown.clone();
             let every = config.tick.as_std();
-            tokio::spawn(async move {
+            connector_core::task::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = shutdown.wait() => break,

@@ -265,7 +265,7 @@ impl ParquetSink {
                 (shared.clone(), state.clone(), ctx.shutdown.clone());
             let every = (shared.max_age / 4)
                 .clamp(StdDuration::from_millis(100), StdDuration::from_secs(1));
-            tokio::spawn(async move {
+            connector_core::task::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(every) => {}
@@ -346,7 +346,7 @@ async fn flush(s: &Shared, tp: &Tp, buf: &mut Buffer) -> Result<Flushed, LogErro
             let props = s.props.clone();
             let dirs = std::mem::take(&mut buf.dirs);
             // Encoding is CPU work of about a microsecond per row: off the async threads.
-            let encoded = tokio::task::spawn_blocking(move || {
+            let encoded = connector_core::task::spawn_blocking(move || {
                 dirs.into_iter()
                     .map(|(dir, mut cols)| {
                         let rows = cols.len() as u64;

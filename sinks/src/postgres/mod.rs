@@ -158,7 +158,7 @@ async fn start_partitions(
         ctx.name.clone(),
         ctx.shutdown.clone(),
     );
-    Ok(tokio::spawn(async move {
+    Ok(connector_core::task::spawn(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(p.check_every.as_std()) => {}

@@ -362,14 +362,16 @@ async fn decode_body(
     if body.len() <= 64 * 1024 {
         return encoding::decode(&body, &codings, limit).map(Bytes::from);
     }
-    tokio::task::spawn_blocking(move || encoding::decode(&body, &codings, limit).map(Bytes::from))
-        .await
-        .unwrap_or_else(|e| {
-            Err(DecodeError::Invalid {
-                coding: "body",
-                message: format!("decoder task failed: {e}"),
-            })
+    connector_core::task::spawn_blocking(move || {
+        encoding::decode(&body, &codings, limit).map(Bytes::from)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(DecodeError::Invalid {
+            coding: "body",
+            message: format!("decoder task failed: {e}"),
         })
+    })
 }
 
 async fn events(AxState(s): AxState<Arc<State>>, req: Request) -> Response {
@@ -900,7 +902,7 @@ pub async fn serve(state: Arc<State>, mut shutdown: Shutdown) -> Result<(), Conn
     let hub_task = state
         .hub
         .clone()
-        .map(|hub| tokio::spawn(hub.run(shutdown.clone())));
+        .map(|hub| connector_core::task::spawn(hub.run(shutdown.clone())));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -917,7 +919,7 @@ pub async fn serve(state: Arc<State>, mut shutdown: Shutdown) -> Result<(), Conn
                 let _ = stream.set_nodelay(true);
                 let service = hyper_util::service::TowerToHyperService::new(app.clone());
                 let mut sd = shutdown.clone();
-                conns.spawn(async move {
+                conns.spawn(connector_core::task::counted(async move {
                     let mut builder = hyper::server::conn::http1::Builder::new();
                     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
                     // with_upgrades: `GET /v1/stream` turns the connection into a WebSocket.
@@ -930,7 +932,7 @@ pub async fn serve(state: Arc<State>, mut shutdown: Shutdown) -> Result<(), Conn
                             let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
                         }
                     }
-                });
+                }));
                 while conns.try_join_next().is_some() {}
             }
         }
