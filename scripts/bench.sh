@@ -4,6 +4,7 @@
 #
 #   bash scripts/bench.sh                 # RUNS=3 COUNT=1000000 E2E_SECONDS=60
 #   E2E_ONLY=1 bash scripts/bench.sh      # only the end-to-end runs (the rest of the report: —)
+#   PROFILE_ONLY=1 bash scripts/bench.sh  # only the perf profile, added to the last results
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUNS="${RUNS:-3}"
@@ -11,6 +12,7 @@ COUNT="${COUNT:-1000000}"
 SIZE="${SIZE:-100}"
 E2E_SECONDS="${E2E_SECONDS:-60}"
 E2E_USERS="${E2E_USERS:-10000}"
+PROFILE_SECONDS="${PROFILE_SECONDS:-30}"
 HTTP_COUNT="${HTTP_COUNT:-300000}"
 OUT_DIR="${BENCH_DIR:-bench-results}"
 
@@ -35,7 +37,6 @@ STREAM_SECONDS="${STREAM_SECONDS:-20}"
 LG=target/release/loadgen
 mkdir -p "$OUT_DIR"
 RESULTS="$OUT_DIR/results.jsonl"
-: >"$RESULTS"
 $BIN migrate >/dev/null
 KEY="bench-key-0123456789abcdef"
 
@@ -185,6 +186,52 @@ e2e_bench() {
   record "${section}_stats" "$(merge "$(merge "$(merge "$stats" "$(svc_delta "$before" "$(svc_cpu)")")" "$stages")" "{\"loadgen_cpu_seconds\": $lg_cpu, \"records\": $accepted}")"
 }
 
+# connectors.yaml with its topics renamed $1-events.* into $2, and a profile in user_profiles
+# for each of the E2E_USERS users the load generator draws.
+default_pipeline() {
+  sed -E "s/events\.(raw|unique|enriched|dlq|per_minute)/$1-&/g" connectors.yaml >"$2"
+  "$LG" --key "$KEY" --users "$E2E_USERS" --list-users \
+    | psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "CREATE TEMP TABLE p (user_id uuid)" -c "COPY p FROM STDIN" \
+      -c "INSERT INTO user_profiles (user_id, tier, region) SELECT user_id, 'pro', 'eu' FROM p ON CONFLICT (user_id) DO NOTHING" >&2
+}
+
+# A CPU profile (perf, self time by symbol, grouped by scripts/perf_summary.py) of connectd
+# running the default pipeline under the end-to-end load: PROFILE_SECONDS of load, sampled
+# from 5 s in until 5 s before its end. Section `profile`.
+profile_bench() {
+  if ! perf record -q -o /dev/null -- true 2>/dev/null; then
+    echo "perf is not available here (apt-get install linux-perf): no profile" >&2
+    return 0
+  fi
+  local lg_pid
+  default_pipeline "p$S" "$OUT_DIR/profile.yaml"
+  rm -rf "$OUT_DIR/archive_prof_$S"
+  CONNECTD_HTTP=127.0.0.1:18081 CONNECTD_DEMO_KEY=$KEY CONNECTD_ARCHIVE_URL=$OUT_DIR/archive_prof_$S \
+    start_connectd "$OUT_DIR/profile.yaml" "$OUT_DIR/profile.log"
+  for _ in $(seq 1 150); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.2; done
+  "$LG" --url http://127.0.0.1:18081 --key "$KEY" --count 100000000 --duration "$PROFILE_SECONDS" --batch 100 --dup-ratio 0.2 \
+    --concurrency 8 --users "$E2E_USERS" --run-id "prof$S" --report "$OUT_DIR/profile_load.json" >/dev/null 2>&1 &
+  lg_pid=$!
+  sleep 5
+  perf record -q -F 999 -p "$CD_PID" -o "$OUT_DIR/perf.data" -- sleep $((PROFILE_SECONDS - 10)) >/dev/null 2>&1 || true
+  wait "$lg_pid" || true
+  stop_connectd
+  rm -rf "$OUT_DIR/archive_prof_$S"
+  record profile "$(merge "$(perf report -i "$OUT_DIR/perf.data" --stdio --no-children -g none --sort dso,sym --percent-limit 0 2>/dev/null \
+    | python3 scripts/perf_summary.py)" "{\"seconds\": $PROFILE_SECONDS}")"
+}
+
+if [ -n "${PROFILE_ONLY:-}" ]; then
+  # Only the profile, into the results of an earlier run; then the report again.
+  S="p$$"
+  python3 -c 'import sys; p=sys.argv[1]; k=[l for l in open(p) if "\"section\": \"profile\"" not in l]; open(p,"w").writelines(k)' "$RESULTS"
+  profile_bench
+  python3 scripts/bench_report.py "$RESULTS" "$COUNT" "$SIZE" >BENCHMARKS.md
+  echo "wrote BENCHMARKS.md" >&2
+  exit 0
+fi
+: >"$RESULTS"
+
 for run in $(seq 1 "$RUNS"); do
   echo "== run $run/$RUNS" >&2
   S="b$run$$"
@@ -327,9 +374,9 @@ connectors:
 YAML
   consume_bench "$OUT_DIR/forward_envelopes.yaml" "$S-en-fwd" "$COUNT" "$S-en" forward_envelopes
   # Producer compression: the same forward as a middle stage of a pipeline whose producers all
-  # compress — it reads a topic written with the codec (by a first forward, not measured) and
-  # writes with it — beside forward_envelopes above (no compression on either side).
-  for codec in lz4 zstd; do
+  # use one codec — it reads a topic written with the codec (by a first forward, not measured)
+  # and writes with it.
+  for codec in none lz4 zstd; do
     for leg in a b; do
       if [ "$leg" = a ]; then from=$S-en; else from=$S-en-$codec-a; fi
       cat >"$OUT_DIR/compress_$codec$leg.yaml" <<YAML
@@ -515,15 +562,13 @@ YAML
   #    store, archive, activity, per-minute, daily-active, dead-letters) on topics of this run,
   #    every user with a profile for enrich; timed until every stage after enrich committed
   #    every event.
-  sed -E "s/events\.(raw|unique|enriched|dlq|per_minute)/$S-&/g" connectors.yaml >"$OUT_DIR/e2e_full.yaml"
-  "$LG" --key "$KEY" --users "$E2E_USERS" --list-users \
-    | psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "CREATE TEMP TABLE p (user_id uuid)" -c "COPY p FROM STDIN" \
-      -c "INSERT INTO user_profiles (user_id, tier, region) SELECT user_id, 'pro', 'eu' FROM p ON CONFLICT (user_id) DO NOTHING" >&2
+  default_pipeline "$S" "$OUT_DIR/e2e_full.yaml"
   rm -rf "$OUT_DIR/archive_full_$S"
   CONNECTD_HTTP=127.0.0.1:18081 CONNECTD_DEMO_KEY=$KEY CONNECTD_ARCHIVE_URL=$OUT_DIR/archive_full_$S \
     e2e_bench e2e_full "$OUT_DIR/e2e_full.yaml" "e2ef$S" growth_events \
     "store:$S-events.enriched archive:$S-events.enriched activity:$S-events.enriched per-minute:$S-events.enriched daily-active:$S-events.enriched"
   rm -rf "$OUT_DIR/archive_full_$S"
+  profile_bench
 done
 
 python3 scripts/bench_report.py "$RESULTS" "$COUNT" "$SIZE" >BENCHMARKS.md

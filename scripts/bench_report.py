@@ -203,7 +203,7 @@ def stage_table():
 
 
 def compression_section():
-    rows = [("none", "forward_envelopes"), ("lz4", "forward_lz4_b"), ("zstd", "forward_zstd_b")]
+    rows = [("none", "forward_none_b"), ("lz4 (connectd's default)", "forward_lz4_b"), ("zstd", "forward_zstd_b")]
     if not by.get("forward_lz4_b"):
         return "(not measured in this run)"
     def per(section, key):
@@ -216,6 +216,25 @@ def compression_section():
     for codec, sec in rows:
         lines.append(f"| {codec} | {fmt(sec, 'steady_per_second')} | {c(us(sec, 'cpu_seconds'))} | {c(us(sec, 'tansu_cpu_seconds'))} | {per(sec, 'loopback_bytes')} |")
     return "\n".join(lines)
+
+
+def profile_section():
+    runs = by.get("profile", [])
+    if not runs:
+        return "(not measured in this run: `perf` was not available)"
+    r = runs[-1]
+    total = us("e2e_full_stats", "cpu_seconds")
+    lines = ["| code | share of connectd's samples | ≈ µs per accepted event |", "| --- | --- | --- |"]
+    for name, pct_ in r["samples_percent"].items():
+        lines.append(f"| {name} | {pct_:.1f}% | {'—' if total is None else f'{total * pct_ / 100:.1f}'} |")
+    top = "\n".join(f"| {p:.1f}% | `{sym.replace('|', '∣')}` | {g} |" for p, sym, g in r.get("top", [])[:12])
+    return "\n".join(lines) + f"""
+
+The hottest symbols:
+
+| share | symbol | group |
+| --- | --- | --- |
+{top}"""
 
 
 def e2e_table(section):
@@ -308,7 +327,7 @@ divided by the CPU all processes spend per record ("CPU-bound limit").
 
 `forward` on the `enrich` benchmark's 1M envelopes (~300 bytes, JSON) as a middle stage: it
 reads a topic written with the codec and writes with it, so it pays both the decompression and
-the compression; "none" is the `forward` (envelopes) row above. Bytes are those through the
+the compression (the rows above run with connectd's default, lz4). Bytes are those through the
 loopback interface over the run (`/proc/net/dev`): the batches produced and fetched, every
 request and answer — connectd and the broker are the only ones talking in these runs.
 
@@ -344,6 +363,17 @@ counting itself costs two clock reads and three atomic additions per poll
 (`connectd_connector_polls_total`).
 
 {stage_table()}
+
+### Where connectd's time goes: a profile of the default pipeline
+
+`perf record -F 999` of connectd running `connectors.yaml` under the same load (a run of its
+own, {int(med("profile", "seconds") or 0)} s of load sampled from 5 s in to 5 s before the end),
+self time by symbol grouped by the code it belongs to (`scripts/perf_summary.py`); the µs
+column spreads the default pipeline's connectd CPU per event above by those shares. Self time
+only — the release build has no frame pointers — so a memcpy a JSON parse asked for counts as
+libc.
+
+{profile_section()}
 
 ## Reading the figures
 

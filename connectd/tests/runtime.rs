@@ -417,6 +417,22 @@ async fn pause_and_resume_through_the_admin_api_and_metrics_are_exposed() {
     ] {
         assert!(metrics.contains(series), "missing {series} in:\n{metrics}");
     }
+    // The time the connector's tasks were polled, and the runtime's busy time to set it against.
+    let value = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+    };
+    let busy = value("connectd_connector_busy_microseconds_total{connector=\"archive\"}");
+    let runtime = value("connectd_runtime_busy_microseconds");
+    assert!(
+        busy > 0 && runtime > 0,
+        "busy {busy} µs, runtime {runtime} µs"
+    );
+    assert!(value("connectd_connector_polls_total{connector=\"archive\"}") > 0);
     let (code, _) = c.get("/health").await;
     assert_eq!(code, 200);
     assert_eq!(c.get("/connectors/nope").await.0, 404);

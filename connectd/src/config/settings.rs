@@ -54,7 +54,8 @@ pub struct KafkaSettings {
     /// librdkafka properties for consumers only (override the defaults and `properties`).
     #[serde(default)]
     pub consumer: BTreeMap<String, PropertyValue>,
-    /// librdkafka properties for producers only.
+    /// librdkafka properties for producers only. connectd's producers default to
+    /// `compression.type: lz4` (`none`, `gzip`, `snappy` and `zstd` are the others).
     #[serde(default)]
     pub producer: BTreeMap<String, PropertyValue>,
 }

@@ -291,6 +291,12 @@ mod tests {
             "{body}"
         );
         assert!(!body.contains("# EOF"), "{body}");
+        // The runtime's busy time, to set each connector's busy time against.
+        assert!(
+            body.contains("# TYPE connectd_runtime_busy_microseconds gauge"),
+            "{body}"
+        );
+        assert!(body.contains("connectd_runtime_workers{} 1"), "{body}");
         // What Prometheus sends.
         let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         let (_, ctype, body) = get(&router, "/metrics", &[("accept", accept)]).await;
