@@ -359,8 +359,8 @@ they start through `connector_core::task`) count the time they are polled
 (`connectd_connector_blocking_microseconds_total`); the process's CPU, minus that of
 librdkafka's own threads (read from `/proc`), is split in proportion to those times out of the
 runtime's busy time (`connectd_runtime_busy_microseconds`) plus all blocking time. The
-counting itself costs two clock reads and three atomic additions per poll
-(`connectd_connector_polls_total`).
+counting itself costs two clock reads and a handful of atomic operations per poll
+(`connectd_connector_polls_total`); the split is an estimate, the total is measured.
 
 {stage_table()}
 
