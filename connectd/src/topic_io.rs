@@ -191,7 +191,10 @@ pub async fn produce(a: ProduceArgs) -> u8 {
             return EXIT_RUNTIME;
         }
     };
-    let items: Vec<(&str, &Record)> = records.iter().map(|r| (a.topic.as_str(), r)).collect();
+    let items: Vec<(&str, Option<i32>, &Record)> = records
+        .iter()
+        .map(|r| (a.topic.as_str(), None, r))
+        .collect();
     let results = producer.produce_all(&items, Duration::from_secs(30)).await;
     let failed: Vec<String> = results
         .iter()

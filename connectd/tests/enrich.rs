@@ -586,4 +586,18 @@ async fn kill_9_three_times_mid_stream_loses_no_event() {
         })
         .count();
     assert_eq!(wrong, 0, "every event enriched with its own user's context");
+    // Re-keyed by idempotency key, yet every copy sits in the partition its input was read
+    // from (`output_partition: input`, both topics with 3 partitions).
+    let read_from: HashMap<String, i32> = read_all(&input, n, Duration::from_secs(30))
+        .await
+        .iter()
+        .map(|c| (keyed(&c.value).0, c.partition))
+        .collect();
+    assert_eq!(read_from.len(), n);
+    let out = read_all(&output, n, Duration::from_secs(30)).await;
+    let moved = out
+        .iter()
+        .filter(|c| read_from.get(&keyed(&c.value).0) != Some(&c.partition))
+        .count();
+    assert_eq!(moved, 0, "records moved partition, of {}", out.len());
 }

@@ -90,11 +90,14 @@ pub trait Sink: Send {
     }
 }
 
-/// One record a [`Transform`] emits, with an optional topic override.
+/// One record a [`Transform`] emits, with an optional topic and partition override.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     /// `None` sends the record to the connector's `output` topic.
     pub topic: Option<String>,
+    /// The partition to produce to. `None`, or a partition the topic does not have, leaves
+    /// the choice to the producer's partitioner (by the record's key).
+    pub partition: Option<i32>,
     /// The record to produce.
     pub record: Record,
 }
@@ -104,6 +107,7 @@ impl Output {
     pub fn new(record: Record) -> Self {
         Self {
             topic: None,
+            partition: None,
             record,
         }
     }
@@ -112,8 +116,15 @@ impl Output {
     pub fn to(topic: impl Into<String>, record: Record) -> Self {
         Self {
             topic: Some(topic.into()),
+            partition: None,
             record,
         }
+    }
+
+    /// The same output, produced to partition `p` when its topic has that partition.
+    pub fn in_partition(mut self, p: i32) -> Self {
+        self.partition = Some(p);
+        self
     }
 }
 

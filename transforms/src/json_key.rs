@@ -7,6 +7,7 @@
 //! skipping everything off the path with `IgnoredAny`. The whole document is still parsed, so
 //! a record that is not valid JSON is still rejected.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -46,17 +47,46 @@ pub fn find_key(json: &[u8], path: &KeyPath) -> Result<String, KeyError> {
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
         .map_err(|e| KeyError::InvalidJson(e.to_string()))?;
-    found.ok_or(KeyError::Missing)
+    found.map(Cow::into_owned).ok_or(KeyError::Missing)
 }
 
-/// Follows the remaining path segments; `None` when the path leads nowhere usable.
+/// An object member's name, borrowed from the input unless it has escapes. (serde's own
+/// `Cow<str>` always allocates: its `Deserialize` goes through `String`, which cost one
+/// allocation per member of every record.)
+struct MapKey<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for MapKey<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MapKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MapKey(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MapKey(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MapKey(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Follows the remaining path segments; `None` when the path leads nowhere usable. A string
+/// without escapes is borrowed from the input.
 struct Seek<'p>(&'p [String]);
 
-/// What [`probe`] learnt about a record in one pass.
+/// What [`probe`] learnt about a record in one pass. Strings are borrowed from the record
+/// unless they had escapes, so a probe of the common record allocates nothing.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Probe {
+pub struct Probe<'a> {
     /// The value at the key path (as [`find_key`] gives it), if usable.
-    pub key: Option<String>,
+    pub key: Option<Cow<'a, str>>,
     /// The document is a JSON object.
     pub is_object: bool,
     /// Number of top-level members (objects only).
@@ -64,12 +94,12 @@ pub struct Probe {
     /// The top-level member `field` exists.
     pub has_field: bool,
     /// The top-level `idempotency_key`, when a non-empty string.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<Cow<'a, str>>,
 }
 
 /// One pass over `json`: the key at `path`, whether the top-level member `field` exists, the
 /// top-level `idempotency_key`. Every byte is still parsed (invalid JSON is an error).
-pub fn probe(json: &[u8], path: &KeyPath, field: &str) -> Result<Probe, KeyError> {
+pub fn probe<'a>(json: &'a [u8], path: &KeyPath, field: &str) -> Result<Probe<'a>, KeyError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let p = TopLevel {
         path: &path.0,
@@ -87,7 +117,7 @@ struct TopLevel<'p> {
 }
 
 impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
-    type Value = Probe;
+    type Value = Probe<'de>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -95,7 +125,7 @@ impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
 }
 
 impl<'de> Visitor<'de> for TopLevel<'_> {
-    type Value = Probe;
+    type Value = Probe<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
@@ -106,20 +136,20 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
             is_object: true,
             ..Probe::default()
         };
-        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(k) = map.next_key::<MapKey<'de>>()? {
             p.members += 1;
-            if k == self.field {
+            if k.0 == self.field {
                 p.has_field = true;
             }
             match self.path.split_first() {
-                Some((head, rest)) if p.key.is_none() && k == head.as_str() => {
+                Some((head, rest)) if p.key.is_none() && k.0 == head.as_str() => {
                     let found = map.next_value_seed(Seek(rest))?;
-                    if k == "idempotency_key" && rest.is_empty() {
+                    if k.0 == "idempotency_key" && rest.is_empty() {
                         p.idempotency_key.clone_from(&found);
                     }
                     p.key = found;
                 }
-                _ if k == "idempotency_key" => {
+                _ if k.0 == "idempotency_key" => {
                     p.idempotency_key = map.next_value_seed(Seek(&[]))?;
                 }
                 _ => {
@@ -161,7 +191,7 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
 }
 
 impl<'de> DeserializeSeed<'de> for Seek<'_> {
-    type Value = Option<String>;
+    type Value = Option<Cow<'de, str>>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -169,7 +199,7 @@ impl<'de> DeserializeSeed<'de> for Seek<'_> {
 }
 
 impl<'de> Visitor<'de> for Seek<'_> {
-    type Value = Option<String>;
+    type Value = Option<Cow<'de, str>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
@@ -177,9 +207,9 @@ impl<'de> Visitor<'de> for Seek<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
-        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(k) = map.next_key::<MapKey<'de>>()? {
             match self.0.split_first() {
-                Some((head, rest)) if found.is_none() && k == head.as_str() => {
+                Some((head, rest)) if found.is_none() && k.0 == head.as_str() => {
                     found = map.next_value_seed(Seek(rest))?;
                 }
                 _ => {
@@ -214,23 +244,23 @@ impl<'de> Visitor<'de> for Seek<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok((self.0.is_empty() && !v.is_empty()).then(|| v.to_string()))
+        Ok((self.0.is_empty() && !v.is_empty()).then(|| Cow::Owned(v.to_string())))
     }
 
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        self.visit_str(v)
+        Ok((self.0.is_empty() && !v.is_empty()).then_some(Cow::Borrowed(v)))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok((self.0.is_empty() && !v.is_empty()).then_some(v))
+        Ok((self.0.is_empty() && !v.is_empty()).then_some(Cow::Owned(v)))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(self.0.is_empty().then(|| v.to_string()))
+        Ok(self.0.is_empty().then(|| Cow::Owned(v.to_string())))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(self.0.is_empty().then(|| v.to_string()))
+        Ok(self.0.is_empty().then(|| Cow::Owned(v.to_string())))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
@@ -238,7 +268,7 @@ impl<'de> Visitor<'de> for Seek<'_> {
         Ok(self
             .0
             .is_empty()
-            .then(|| serde_json::Number::from_f64(v).map(|n| n.to_string()))
+            .then(|| serde_json::Number::from_f64(v).map(|n| Cow::Owned(n.to_string())))
             .flatten())
     }
 
@@ -333,6 +363,17 @@ mod tests {
                 .is_object
         );
         assert!(probe(br#"{"a":1"#, &KeyPath::parse("/a"), "c").is_err());
+    }
+
+    #[test]
+    fn probe_borrows_plain_strings_and_owns_escaped_ones() {
+        let v = br#"{"idempotency_key":"ik","u\u0073er_id":"a\"b","n":7}"#;
+        let p = probe(v, &KeyPath::parse("user_id"), "c").expect("probe");
+        assert!(matches!(p.idempotency_key, Some(Cow::Borrowed("ik"))));
+        assert_eq!(p.key.as_deref(), Some("a\"b")); // an escaped member name matches too
+        assert!(matches!(p.key, Some(Cow::Owned(_))));
+        let p = probe(v, &KeyPath::parse("n"), "c").expect("probe");
+        assert_eq!(p.key.as_deref(), Some("7"));
     }
 
     proptest! {

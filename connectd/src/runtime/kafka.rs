@@ -214,10 +214,23 @@ pub fn is_retriable(e: &KafkaError) -> bool {
     )
 }
 
+/// Locks `m`, going on with the data if a panicking holder poisoned it (a map of counts
+/// cannot be left half-written).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A record to produce: its topic, the partition asked for (see [`Output::partition`]) and
+/// the record.
+pub type Outgoing<'a> = (&'a str, Option<i32>, &'a Record);
+
 /// The process's producer, shared by sources, transforms and dead-letter routing.
 #[derive(Clone)]
 pub struct SharedProducer {
     inner: FutureProducer,
+    /// Partition counts of the topics records were asked into a partition of, from metadata.
+    /// A topic's partitions only grow, so a count read once stays a safe lower bound.
+    partitions: Arc<std::sync::Mutex<std::collections::HashMap<String, i32>>>,
 }
 
 impl SharedProducer {
@@ -225,6 +238,7 @@ impl SharedProducer {
     pub fn new(k: &KafkaSettings) -> Result<Self, KafkaIoError> {
         Ok(Self {
             inner: producer_config(k).create().map_err(KafkaIoError::Client)?,
+            partitions: Arc::default(),
         })
     }
 
@@ -233,23 +247,62 @@ impl SharedProducer {
     /// queue is full.
     pub async fn produce_all(
         &self,
-        records: &[(&str, &Record)],
+        records: &[Outgoing<'_>],
         queue_timeout: Duration,
     ) -> Vec<Result<(), KafkaError>> {
         self.enqueue_all(records, queue_timeout).await.wait().await
     }
 
+    /// `topic`'s partition count (cached after the first answer), `None` when the metadata
+    /// request fails: the caller then leaves the partition to the partitioner.
+    async fn partition_count(&self, topic: &str) -> Option<i32> {
+        if let Some(n) = lock(&self.partitions).get(topic) {
+            return Some(*n);
+        }
+        let (p, t) = (self.inner.clone(), topic.to_string());
+        let n = tokio::task::spawn_blocking(move || {
+            let md = p
+                .client()
+                .fetch_metadata(Some(&t), Duration::from_secs(5))
+                .ok()?;
+            let n = md.topics().first()?.partitions().len();
+            i32::try_from(n).ok().filter(|n| *n > 0)
+        })
+        .await
+        .ok()
+        .flatten()?;
+        lock(&self.partitions).insert(topic.to_string(), n);
+        Some(n)
+    }
+
     /// Puts every record into the producer's queue, in order, and returns without waiting for
     /// the broker: the caller can do other work while the acknowledgements come in
     /// ([`Acks::wait`]). Waits (up to `queue_timeout`) only while the local queue is full.
-    pub async fn enqueue_all(&self, records: &[(&str, &Record)], queue_timeout: Duration) -> Acks {
+    /// A record asked into a partition its topic has goes there; otherwise its key decides.
+    pub async fn enqueue_all(&self, records: &[Outgoing<'_>], queue_timeout: Duration) -> Acks {
         let deadline = tokio::time::Instant::now() + queue_timeout;
         let mut acks = Vec::with_capacity(records.len());
-        for (topic, r) in records {
+        // Partition counts of the topics asked into a partition (usually none, or one).
+        let mut counts: Vec<(&str, Option<i32>)> = Vec::new();
+        for (topic, p, _) in records {
+            if p.is_some() && !counts.iter().any(|(t, _)| t == topic) {
+                counts.push((topic, self.partition_count(topic).await));
+            }
+        }
+        for (topic, partition, r) in records {
             let mut fr: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(topic).payload(r.value.as_ref());
             if let Some(k) = &r.key {
                 fr = fr.key(k.as_ref());
+            }
+            if let Some(p) = *partition {
+                let n = counts
+                    .iter()
+                    .find(|(t, _)| t == topic)
+                    .and_then(|(_, n)| *n);
+                if n.is_some_and(|n| (0..n).contains(&p)) {
+                    fr = fr.partition(p);
+                }
             }
             if let Some(h) = owned_headers(r) {
                 fr = fr.headers(h);
@@ -356,9 +409,15 @@ impl Emitter for ProducerEmitter {
         if self.shutdown.is_triggered() {
             return Err(EmitError::ShuttingDown);
         }
-        let items: Vec<(&str, &Record)> = records
+        let items: Vec<Outgoing<'_>> = records
             .iter()
-            .map(|o| (o.topic.as_deref().unwrap_or(&self.output_topic), &o.record))
+            .map(|o| {
+                (
+                    o.topic.as_deref().unwrap_or(&self.output_topic),
+                    o.partition,
+                    &o.record,
+                )
+            })
             .collect();
         let fut = self.producer.produce_all(&items, self.ack_timeout);
         let results = tokio::time::timeout(self.ack_timeout, fut)

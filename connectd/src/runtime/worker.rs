@@ -12,7 +12,7 @@ use connector_core::{
 use rand::Rng;
 
 use super::dlq::dead_letter;
-use super::kafka::{is_retriable, Acks, SharedProducer};
+use super::kafka::{is_retriable, Acks, Outgoing, SharedProducer};
 use super::status::{ConnectorHandle, State};
 use crate::config::{DlqBreakerSettings, RetrySettings};
 
@@ -213,7 +213,8 @@ impl WorkerEnv {
             .collect();
         let mut retry_attempt = 0;
         loop {
-            let items: Vec<(&str, &Record)> = letters.iter().map(|r| (topic.as_str(), r)).collect();
+            let items: Vec<Outgoing<'_>> =
+                letters.iter().map(|r| (topic.as_str(), None, r)).collect();
             let results = self.producer.produce_all(&items, QUEUE_TIMEOUT).await;
             match results.into_iter().find_map(Result::err) {
                 None => break,
@@ -356,14 +357,22 @@ impl WorkerEnv {
                         TransformOutcome::Permanent(e) => a.dead.push((todo[j], e)),
                     }
                 }
-                let items: Vec<(&str, &Record)> = emitted
+                let items: Vec<Outgoing<'_>> = emitted
                     .iter()
                     .flat_map(|(_, outs)| {
-                        outs.iter()
-                            .map(|o| (o.topic.as_deref().unwrap_or(output.as_str()), &o.record))
+                        outs.iter().map(|o| {
+                            (
+                                o.topic.as_deref().unwrap_or(output.as_str()),
+                                o.partition,
+                                &o.record,
+                            )
+                        })
                     })
                     .collect();
-                a.queued = (items.len(), items.iter().map(|(_, r)| r.byte_size()).sum());
+                a.queued = (
+                    items.len(),
+                    items.iter().map(|(_, _, r)| r.byte_size()).sum(),
+                );
                 a.acks = Some(self.producer.enqueue_all(&items, QUEUE_TIMEOUT).await);
                 a.emits = emitted.iter().map(|(i, outs)| (*i, outs.len())).collect();
             }

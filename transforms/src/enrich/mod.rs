@@ -26,7 +26,8 @@
 //!    (another slot of the same connector) is not asked again: the batch waits for that answer
 //!    (single flight);
 //! 4. each record is forwarded with `"<field>": {…columns, "enriched_at": "…"}`, keyed by its
-//!    idempotency key (`output_key`), in the input order of its partition.
+//!    idempotency key (`output_key`), to the partition number it was read from
+//!    (`output_partition`), in the input order of its partition.
 //!
 //! The store is guarded by a circuit breaker ([`breaker`]): consecutive failures or an error
 //! ratio over a window open it for `cooldown`; then one probe lookup decides. While it is open,
@@ -230,11 +231,27 @@ pub enum OnMissingKey {
 #[serde(rename_all = "snake_case")]
 pub enum OutputKey {
     /// The idempotency key (header `connectd.idempotency_key`, else the `idempotency_key`
-    /// field); the input key when there is none. Copies of one event land in one partition.
+    /// field); the input key when there is none. With `output_partition: key`, copies of one
+    /// event land in one partition (with `input` they do as long as the input's do).
     #[default]
     IdempotencyKey,
     /// The input record's key (keeps the input's partitioning, e.g. by user).
     Input,
+}
+
+/// Which partition of the output topic a forwarded record goes to.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputPartition {
+    /// The input record's partition number, when the output topic has it (else as `key`): the
+    /// records of one input partition stay together and in order although their key changed,
+    /// and the producer fills a few large batches instead of one small batch per partition
+    /// (keyed by idempotency key, a 5000-record batch of one input partition spreads over every
+    /// output partition: measured at ~25% more CPU per record).
+    #[default]
+    Input,
+    /// Chosen by the producer's partitioner from the output key.
+    Key,
 }
 
 /// Settings of an `enrich` transform.
@@ -275,6 +292,9 @@ pub struct EnrichConfig {
     /// Key of the forwarded records.
     #[serde(default)]
     pub output_key: OutputKey,
+    /// Partition of the forwarded records.
+    #[serde(default)]
+    pub output_partition: OutputPartition,
 }
 
 fn default_key() -> String {
@@ -571,6 +591,17 @@ fn members(obj: &Map<String, Value>) -> Arc<str> {
     Arc::from(&s[1..s.len() - 1])
 }
 
+/// `s` as `Bytes`: a slice of `value` (no copy) when `s` lies inside it, else a copy.
+fn share(value: &Bytes, s: &str) -> Bytes {
+    let (base, len) = (value.as_ptr() as usize, value.len());
+    let start = s.as_ptr() as usize;
+    if start >= base && start + s.len() <= base + len {
+        value.slice_ref(s.as_bytes())
+    } else {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+}
+
 /// The transform (one per slot; see [`Shared`]).
 pub struct Enrich {
     config: EnrichConfig,
@@ -637,8 +668,17 @@ impl Enrich {
             .iter()
             .rposition(|b| *b == b'}')
             .ok_or_else(|| ConnectorError::permanent("not_an_object", "no closing brace"))?;
-        let mut out =
-            Vec::with_capacity(v.len() + self.field_json.len() + inner.len() + at.len() + 64);
+        // The exact length: `Bytes::from` a full `Vec` takes it over without another
+        // allocation.
+        let ctx_len = 1
+            + inner.len()
+            + usize::from(!inner.is_empty())
+            + fallback.map_or(0, |why| 14 + why.len())
+            + 15
+            + at.len()
+            + 2;
+        let len = end + usize::from(p.members > 0) + self.field_json.len() + 1 + ctx_len + 1;
+        let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&v[..end]);
         if p.members > 0 {
             out.push(b',');
@@ -647,6 +687,7 @@ impl Enrich {
         out.push(b':');
         write_ctx(&mut out);
         out.push(b'}');
+        debug_assert_eq!(out.len(), len, "attach's length arithmetic");
         Ok(Bytes::from(out))
     }
 
@@ -664,17 +705,21 @@ impl Enrich {
         }
         out.headers.set(ENRICH_HEADER, header);
         if self.config.output_key == OutputKey::IdempotencyKey {
-            let ik = r
-                .headers
-                .get_str(IDEMPOTENCY_KEY_HEADER)
-                .filter(|h| !h.is_empty())
-                .map(str::to_string)
-                .or_else(|| p.idempotency_key.clone());
+            // The header's bytes are shared, and a key without escapes is a slice of the
+            // value: neither copies.
+            let ik = match r.headers.get(IDEMPOTENCY_KEY_HEADER) {
+                Some(h) if !h.is_empty() && std::str::from_utf8(h).is_ok() => Some(h.clone()),
+                _ => p.idempotency_key.as_deref().map(|k| share(&r.value, k)),
+            };
             if let Some(ik) = ik {
-                out.key = Some(Bytes::from(ik));
+                out.key = Some(ik);
             }
         }
-        TransformOutcome::forward(out)
+        let o = Output::new(out);
+        TransformOutcome::Emit(vec![match (self.config.output_partition, &r.origin) {
+            (OutputPartition::Input, Some(at)) => o.in_partition(at.partition),
+            _ => o,
+        }])
     }
 }
 
@@ -1173,6 +1218,45 @@ mod tests {
         let e = enrich("we\"ird");
         let v = attached(&e, r#"{"user_id":"u"}"#, "", None);
         assert!(v["we\"ird"].is_object());
+    }
+
+    #[tokio::test]
+    async fn outputs_keep_the_input_partition_and_take_the_idempotency_key() {
+        let mut e = enrich("context");
+        let v = r#"{"idempotency_key":"ik-7","user_id":"u"}"#;
+        let mut r = Record::new(v.to_string()).with_key("user-key");
+        r.origin = Some(connector_core::Origin {
+            topic: Arc::from("in"),
+            partition: 4,
+            offset: 9,
+        });
+        let p = probe(&r.value, &e.key_path, &e.config.field).expect("probe");
+        let emitted = |o: TransformOutcome| match o {
+            TransformOutcome::Emit(mut outs) if outs.len() == 1 => outs.remove(0),
+            other => panic!("{other:?}"),
+        };
+        let o = emitted(e.output(&r, &p, None, "enriched"));
+        assert_eq!(o.partition, Some(4));
+        assert_eq!(o.record.key.as_deref(), Some(&b"ik-7"[..]));
+        assert!(o.record.origin.is_none());
+        e.config.output_partition = OutputPartition::Key;
+        e.config.output_key = OutputKey::Input;
+        let o = emitted(e.output(&r, &p, None, "enriched"));
+        assert_eq!(o.partition, None);
+        assert_eq!(o.record.key.as_deref(), Some(&b"user-key"[..]));
+    }
+
+    #[test]
+    fn share_slices_inside_the_value_and_copies_otherwise() {
+        let value = Bytes::from_static(br#"{"idempotency_key":"ik-1"}"#);
+        let inside = std::str::from_utf8(&value[20..24]).expect("utf8");
+        let s = share(&value, inside);
+        assert_eq!(&s[..], b"ik-1");
+        assert_eq!(s.as_ptr(), value[20..].as_ptr());
+        let outside = String::from("ik-1");
+        let c = share(&value, &outside);
+        assert_eq!(&c[..], b"ik-1");
+        assert_ne!(c.as_ptr(), outside.as_ptr());
     }
 
     #[test]
