@@ -75,7 +75,11 @@ stage_stats() {
 import glob, json, re, sys
 pid, tck, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 busy, blocking, polls, runtime = {}, {}, {}, 0
+bsum, bcount = {}, {}
 for line in open(path):
+    m = re.match(r'connectd_batch_records_(sum|count)\{connector="([^"]+)"\} ([0-9.]+)', line)
+    if m:
+        (bsum if m[1] == "sum" else bcount)[m[2]] = float(m[3])
     m = re.match(r'connectd_connector_(busy|blocking)_microseconds_total\{connector="([^"]+)"\} (\d+)', line)
     if m:
         (busy if m[1] == "busy" else blocking)[m[2]] = int(m[3])
@@ -95,7 +99,8 @@ for t in glob.glob(f"/proc/{pid}/task/*/stat"):
     f = raw.rsplit(")", 1)[1].split()
     if comm.startswith("rdk:"):
         rdk += int(f[11]) + int(f[12])
-print(json.dumps({"busy_us": busy, "blocking_us": blocking, "polls": polls, "runtime_busy_us": runtime, "rdkafka_cpu_seconds": rdk / tck}))
+batch = {c: round(bsum[c] / n) for c, n in bcount.items() if n and c in bsum}
+print(json.dumps({"busy_us": busy, "blocking_us": blocking, "polls": polls, "runtime_busy_us": runtime, "rdkafka_cpu_seconds": rdk / tck, "batch_records_mean": batch}))
 PY
 }
 
@@ -556,7 +561,19 @@ connectors:
   - { name: store, type: postgres_sink, input: $S-unique, group_id: $S-e2e-pg, database_url: \${DATABASE_URL}, table: e2e_$S, pool_size: 2, max_in_flight: 2, batch: { max_records: 5000, linger: 50ms } }
 YAML
   e2e_bench e2e "$OUT_DIR/e2e.yaml" "e2e$S" "e2e_$S" ""
-  psql_q "DROP TABLE e2e_$S" >/dev/null
+  # The same rows again as a backlog: postgres_sink alone over this run's $S-unique into a
+  # fresh table, so that PostgreSQL's CPU per row live and under backlog compare identical rows
+  # (the postgres_sink row's synthetic envelopes are smaller and keyed in order).
+  replay_rows=$(psql_q "SELECT count(*) FROM e2e_$S")
+  psql_q "DROP TABLE e2e_$S; CREATE TABLE e2e_replay_$S (LIKE growth_events INCLUDING ALL)" >/dev/null
+  cat >"$OUT_DIR/e2e_replay.yaml" <<YAML
+kafka: { brokers: \${KAFKA_BROKERS} }
+admin: { listen: \${CONNECTD_ADMIN} }
+connectors:
+  - { name: store, type: postgres_sink, input: $S-unique, group_id: $S-e2e-replay, database_url: \${DATABASE_URL}, table: e2e_replay_$S, pool_size: 2, max_in_flight: 2, batch: { max_records: 5000, linger: 50ms } }
+YAML
+  consume_bench "$OUT_DIR/e2e_replay.yaml" "$S-e2e-replay" "$replay_rows" "$S-unique" e2e_replay
+  psql_q "DROP TABLE e2e_replay_$S" >/dev/null
 
   # -- end to end through the default pipeline itself (connectors.yaml: ingest, dedup, enrich,
   #    store, archive, activity, per-minute, daily-active, dead-letters) on topics of this run,

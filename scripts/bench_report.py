@@ -237,6 +237,18 @@ The hottest symbols:
 {top}"""
 
 
+def live_vs_backlog(section):
+    """PostgreSQL CPU per row live against the same rows replayed as a backlog (e2e only)."""
+    live, backlog = us(section + "_stats", "postgres_cpu_seconds"), us(section + "_replay", "postgres_cpu_seconds")
+    batches = [r["batch_records_mean"]["store"] for r in by.get(section + "_stats", []) if "store" in r.get("batch_records_mean", {})]
+    if live is None or backlog is None:
+        return ""
+    b = f"{statistics.median(batches):,.0f}" if batches else "—"
+    return f"""
+| PostgreSQL CPU µs per row: live / the same rows again as a backlog (`postgres_sink` alone over this run's `events.unique`, fresh table) | {live:.1f} / {backlog:.1f} ({100 * (live - backlog) / backlog:+.0f}%) |
+| `store`'s batches under the live load, mean records per batch (`max_records` 5000, `linger` 50ms) | {b} |"""
+
+
 def e2e_table(section):
     rates = accepted_rates(section)
     runs = by.get(section, [])
@@ -251,7 +263,7 @@ def e2e_table(section):
 | rows == distinct accepted events | {", ".join("yes" if r["rows"] == r["accepted_distinct_keys"] else f"NO ({r['rows']} vs {r['accepted_distinct_keys']})" for r in runs) or "—"} |
 | rows stored twice | {", ".join(str(r["duplicate_rows"]) for r in runs) or "—"} |
 | connectd peak RSS MB (whole pipeline) | {fmt(section + "_stats", "peak_rss_mb", 1)} |
-| connectd CPU seconds | {fmt(section + "_stats", "cpu_seconds", 1)} |"""
+| connectd CPU seconds | {fmt(section + "_stats", "cpu_seconds", 1)} |{live_vs_backlog(section)}"""
 
 print(f"""# BENCHMARKS
 
