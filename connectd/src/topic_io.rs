@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::{EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 use crate::config::KafkaSettings;
-use crate::runtime::kafka::{consumer_config, create_topics, to_record, SharedProducer};
+use crate::runtime::kafka::{consumer_config, create_topics, to_record, Outgoing, SharedProducer};
 
 /// `connectd produce` arguments.
 #[derive(Debug, Args)]
@@ -191,7 +191,7 @@ pub async fn produce(a: ProduceArgs) -> u8 {
             return EXIT_RUNTIME;
         }
     };
-    let items: Vec<(&str, Option<i32>, &Record)> = records
+    let items: Vec<Outgoing<'_>> = records
         .iter()
         .map(|r| (a.topic.as_str(), None, r))
         .collect();

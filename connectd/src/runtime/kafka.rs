@@ -282,13 +282,9 @@ impl SharedProducer {
     pub async fn enqueue_all(&self, records: &[Outgoing<'_>], queue_timeout: Duration) -> Acks {
         let deadline = tokio::time::Instant::now() + queue_timeout;
         let mut acks = Vec::with_capacity(records.len());
-        // Partition counts of the topics asked into a partition (usually none, or one).
+        // Partition counts of the topics asked into a partition (usually none, or one), read
+        // when first needed.
         let mut counts: Vec<(&str, Option<i32>)> = Vec::new();
-        for (topic, p, _) in records {
-            if p.is_some() && !counts.iter().any(|(t, _)| t == topic) {
-                counts.push((topic, self.partition_count(topic).await));
-            }
-        }
         for (topic, partition, r) in records {
             let mut fr: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(topic).payload(r.value.as_ref());
@@ -296,10 +292,14 @@ impl SharedProducer {
                 fr = fr.key(k.as_ref());
             }
             if let Some(p) = *partition {
-                let n = counts
-                    .iter()
-                    .find(|(t, _)| t == topic)
-                    .and_then(|(_, n)| *n);
+                let n = match counts.iter().find(|(t, _)| t == topic) {
+                    Some((_, n)) => *n,
+                    None => {
+                        let n = self.partition_count(topic).await;
+                        counts.push((topic, n));
+                        n
+                    }
+                };
                 if n.is_some_and(|n| (0..n).contains(&p)) {
                     fr = fr.partition(p);
                 }
