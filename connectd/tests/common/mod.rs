@@ -97,9 +97,21 @@ pub async fn wait_committed(group: &str, topic: &str, ends: &Ends, timeout: Dura
     }
 }
 
+/// The top of a test's `connectors.yaml`: the broker, the admin listener (both from the
+/// environment `Connectd::start` sets) and a short shutdown; the `connectors:` list follows.
+pub const CONFIG_HEAD: &str = "kafka:
+  brokers: ${KAFKA_BROKERS}
+admin:
+  listen: ${CONNECTD_ADMIN}
+shutdown_timeout: 5s
+connectors:
+";
+
 /// A consumed record.
 #[derive(Debug, Clone)]
 pub struct Consumed {
+    /// The record's key (lossy UTF-8; empty without one).
+    pub key: String,
     pub partition: i32,
     pub offset: i64,
     pub value: String,
@@ -139,6 +151,7 @@ pub async fn read_all(topic: &str, expected: usize, timeout: Duration) -> Vec<Co
                     })
                     .unwrap_or_default();
                 out.push(Consumed {
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                     partition: m.partition(),
                     offset: m.offset(),
                     value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
@@ -151,6 +164,7 @@ pub async fn read_all(topic: &str, expected: usize, timeout: Duration) -> Vec<Co
         while Instant::now() < extra_until {
             if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
                 out.push(Consumed {
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                     partition: m.partition(),
                     offset: m.offset(),
                     value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),

@@ -1,9 +1,8 @@
 //! Request bodies → validated events → envelopes (SPEC §2, §6).
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 
 /// Why a body could not be read as events at all (→ 400 or 413).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +129,8 @@ pub fn parse_body(body: &[u8], ndjson: bool, max_events: usize) -> Result<Vec<Va
     Ok(events)
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is, for messages (`"an array"`).
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -179,19 +179,6 @@ pub struct Enveloped {
     pub partition_key: String,
 }
 
-/// Fields of the growth-event shape; everything else goes into `payload`.
-const KNOWN: &[&str] = &[
-    "idempotency_key",
-    "user_id",
-    "event_type",
-    "client_timestamp",
-    "event_ts",
-    "payload",
-    "source",
-    "trace_id",
-    "schema_version",
-];
-
 /// Parses an RFC 3339 timestamp that has an explicit offset or `Z` and normalizes it to UTC.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
@@ -199,164 +186,28 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The derived idempotency key: SHA-256 over source, user_id, event_type and the normalized
-/// timestamp, so that client retries of the same event collapse.
-pub fn derived_key(source: &str, user_id: &str, event_type: &str, ts: &DateTime<Utc>) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        source,
-        user_id,
-        event_type,
-        &ts.to_rfc3339_opts(SecondsFormat::Micros, true),
-    ] {
-        h.update(part.as_bytes());
-        h.update([0u8]);
-    }
-    hex::encode(h.finalize())
-}
-
-/// Checks the built-in growth-event shape and builds the envelope.
-pub fn envelope(
-    index: usize,
-    event: &Value,
-    facts: &RequestFacts<'_>,
-) -> Result<Enveloped, Vec<FieldError>> {
-    let mut errors = Vec::new();
-    let err = |pointer: &str, message: &str| FieldError {
-        index,
-        pointer: pointer.to_string(),
-        message: message.to_string(),
-    };
-    let Some(obj) = event.as_object() else {
-        return Err(vec![err(
-            "",
-            &format!("event must be a JSON object, not {}", kind(event)),
-        )]);
-    };
-    let user_id = match obj.get("user_id") {
-        Some(Value::String(s)) => match uuid::Uuid::parse_str(s) {
-            Ok(u) => Some(u.hyphenated().to_string()),
-            Err(_) => {
-                errors.push(err("/user_id", "must be a UUID"));
-                None
-            }
-        },
-        Some(_) => {
-            errors.push(err("/user_id", "must be a string (a UUID)"));
-            None
-        }
-        None => {
-            errors.push(err("/user_id", "is required"));
-            None
-        }
-    };
-    let event_type = match obj.get("event_type") {
-        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 200 => Some(s.clone()),
-        Some(Value::String(_)) => {
-            errors.push(err("/event_type", "must be 1 to 200 characters"));
-            None
-        }
-        Some(_) => {
-            errors.push(err("/event_type", "must be a string"));
-            None
-        }
-        None => {
-            errors.push(err("/event_type", "is required"));
-            None
-        }
-    };
-    let (ts_field, ts_value) = match (obj.get("client_timestamp"), obj.get("event_ts")) {
-        (Some(v), _) => ("/client_timestamp", Some(v)),
-        (None, Some(v)) => ("/event_ts", Some(v)),
-        (None, None) => ("/client_timestamp", None),
-    };
-    let ts = match ts_value {
-        Some(Value::String(s)) => match parse_timestamp(s) {
-            Some(t) => Some(t),
-            None => {
-                errors.push(err(ts_field, "must be an RFC 3339 timestamp with an explicit offset or Z, e.g. 2026-11-23T10:00:00Z"));
-                None
-            }
-        },
-        Some(_) => {
-            errors.push(err(ts_field, "must be a string (RFC 3339 timestamp)"));
-            None
-        }
-        None => {
-            errors.push(err(
-                "/client_timestamp",
-                "is required (RFC 3339 with an offset or Z)",
-            ));
-            None
-        }
-    };
-    let mut payload = match obj.get("payload") {
-        Some(Value::Object(p)) => p.clone(),
-        None | Some(Value::Null) => Map::new(),
-        Some(_) => {
-            errors.push(err("/payload", "must be a JSON object"));
-            Map::new()
-        }
-    };
-    let client_key = match obj.get("idempotency_key") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Some(s.clone()),
-        Some(_) => {
-            errors.push(err(
-                "/idempotency_key",
-                "must be a string of 1 to 200 characters",
-            ));
-            None
-        }
-        None => None,
-    };
-    let source = match obj.get("source") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => s.clone(),
-        Some(_) => {
-            errors.push(err("/source", "must be a string of 1 to 200 characters"));
-            String::new()
-        }
-        None => facts.source.to_string(),
-    };
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let (Some(user_id), Some(event_type), Some(ts)) = (user_id, event_type, ts) else {
-        return Err(vec![err("", "invalid event")]);
-    };
-    for (k, v) in obj {
-        if !KNOWN.contains(&k.as_str()) && !payload.contains_key(k) {
-            payload.insert(k.clone(), v.clone());
-        }
-    }
-    let idempotency_key = match (client_key, facts.header_key) {
-        (Some(k), _) => k,
-        (None, Some(h)) if facts.count == 1 => h.to_string(),
-        (None, Some(h)) => format!("{h}:{index}"),
-        (None, None) => derived_key(&source, &user_id, &event_type, &ts),
-    };
-    let envelope = serde_json::json!({
-        "idempotency_key": idempotency_key,
-        "trace_id": facts.trace_id,
-        "schema_version": 1,
-        "source": source,
-        "event_type": event_type,
-        "user_id": user_id,
-        "event_ts": ts.to_rfc3339_opts(SecondsFormat::Micros, true),
-        "payload": Value::Object(payload),
-        "ingested_at": facts.now.to_rfc3339_opts(SecondsFormat::Micros, true),
-    });
-    Ok(Enveloped {
-        index,
-        idempotency_key,
-        envelope,
-        partition_key: String::new(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::shape::{Shape, ShapeConfig};
     use serde_json::json;
+
+    /// The growth shape, as an `http_source` without `shape:` applies it.
+    pub(super) fn envelope(
+        index: usize,
+        event: &Value,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Enveloped, Vec<FieldError>> {
+        Shape::growth().envelope(index, event, facts)
+    }
+
+    fn partition_key(
+        envelope: &Value,
+        event: &Value,
+        fields: &[String],
+    ) -> Result<String, (String, &'static str)> {
+        Shape::new(&ShapeConfig::growth(), fields).partition_key(envelope, event)
+    }
 
     fn facts<'a>(header: Option<&'a str>, count: usize) -> RequestFacts<'a> {
         RequestFacts {
@@ -383,6 +234,46 @@ mod tests {
         assert_eq!(env["schema_version"], 1);
         assert_eq!(env["ingested_at"], "2026-11-23T12:00:00.000000Z");
         assert_eq!(out.idempotency_key.len(), 64);
+    }
+
+    /// Envelopes and derived keys pinned from the growth rules as they were written in code
+    /// before they became a declared shape: the default shape must give these bytes.
+    #[test]
+    fn growth_shape_gives_the_envelopes_of_the_former_built_in_rules() {
+        let golden = [
+            (
+                json!({"user_id": "6F1C1F0E-8A4B-4C55-9D1E-2B7F3C4D5E6F", "event_type": "signup", "client_timestamp": "2026-11-23T14:30:00.123456+02:00", "payload": {"plan": "pro"}, "referrer": "ad", "trace_id": "x", "schema_version": 3, "ingested_at": "y"}),
+                r#"{"event_ts":"2026-11-23T12:30:00.123456Z","event_type":"signup","idempotency_key":"0058f3670c801ba729645e5d77bd72b60121a95115dc53358eb4c43aa15f9453","ingested_at":"2026-11-23T12:00:00.000000Z","payload":{"ingested_at":"y","plan":"pro","referrer":"ad"},"schema_version":1,"source":"web","trace_id":"t1","user_id":"6f1c1f0e-8a4b-4c55-9d1e-2b7f3c4d5e6f"}"#,
+            ),
+            (
+                json!({"user_id": "6f1c1f0e8a4b4c559d1e2b7f3c4d5e6f", "event_type": "x", "event_ts": "2026-11-23T12:30:00Z", "source": "mobile", "payload": {"a": 1}, "a": 2}),
+                r#"{"event_ts":"2026-11-23T12:30:00.000000Z","event_type":"x","idempotency_key":"6b8ddf74c7dfd2811d672bceabf9c219054d86ebdb9097503cd9ba55e9fd2989","ingested_at":"2026-11-23T12:00:00.000000Z","payload":{"a":1},"schema_version":1,"source":"mobile","trace_id":"t1","user_id":"6f1c1f0e-8a4b-4c55-9d1e-2b7f3c4d5e6f"}"#,
+            ),
+        ];
+        for (event, want) in golden {
+            let out = envelope(0, &event, &facts(None, 1)).expect("valid");
+            assert_eq!(out.envelope.to_string(), want);
+            assert_eq!(
+                out.envelope["idempotency_key"],
+                out.idempotency_key.as_str()
+            );
+        }
+        let declared: ShapeConfig = serde_yaml::from_str(
+            "event_type: /event_type\n\
+             event_time: [/client_timestamp, /event_ts]\n\
+             fields: { user_id: { pointer: /user_id, format: uuid } }\n\
+             source: /source\n\
+             payload: rest\n\
+             derived_key: [source, user_id, event_type, event_ts]\n",
+        )
+        .expect("the module docs' YAML parses");
+        let declared = Shape::new(&declared, &ShapeConfig::growth_partition_key());
+        let ev = json!({"user_id": UID, "event_type": "x", "client_timestamp": "2026-11-23T12:30:00Z", "k": [1]});
+        assert_eq!(
+            declared.envelope(0, &ev, &facts(None, 1)),
+            envelope(0, &ev, &facts(None, 1)),
+            "the growth shape written as YAML is the default"
+        );
     }
 
     #[test]
@@ -474,7 +365,6 @@ mod tests {
 
     #[test]
     fn partition_key_joins_envelope_fields_and_pointers_into_the_event() {
-        use crate::http::shape::partition_key;
         let env = json!({"user_id": "u", "event_type": "e"});
         let ev = json!({"account": {"id": 7}});
         assert_eq!(
@@ -497,6 +387,7 @@ mod tests {
 /// connectd-sources proptests` for a longer run.)
 #[cfg(test)]
 mod proptests {
+    use super::tests::envelope;
     use super::*;
     use proptest::prelude::*;
 

@@ -91,15 +91,16 @@ pub struct HttpSourceConfig {
     /// (default: the API key's name).
     #[serde(default)]
     pub source: Option<String>,
-    /// The Kafka key (the partition key): envelope fields (`user_id`, `event_type`, `source`,
-    /// `idempotency_key`, `trace_id`) or JSON pointers into the event as sent (`/order_id`),
-    /// their values joined with `|`. Default `[user_id]` for growth events; a declared `shape`
-    /// must name its own.
+    /// The Kafka key (the partition key): envelope fields (`event_type`, `source`,
+    /// `idempotency_key`, `trace_id`, or a field the shape lifts, such as the growth shape's
+    /// `user_id`) or JSON pointers into the event as sent (`/order_id`), their values joined with
+    /// `|`. Default `[user_id]` for growth events; a declared `shape` must name its own.
     #[serde(default)]
     pub partition_key: Option<Vec<String>>,
-    /// The shape of accepted events, when they are not growth events: which pointers give the
-    /// event type, the event time and the derived idempotency key (see [`shape`]). Unset: the
-    /// built-in growth-event rules (`user_id` UUID, `event_type`, `client_timestamp`).
+    /// The shape of accepted events: which pointers give the event type, the event time, the
+    /// derived idempotency key, the fields lifted into the envelope and the payload (see
+    /// [`shape`]). Unset: the growth-event shape ([`shape::ShapeConfig::growth`]: `user_id` a
+    /// UUID, `event_type`, `client_timestamp` or `event_ts`, other fields into `payload`).
     #[serde(default)]
     pub shape: Option<shape::ShapeConfig>,
     /// PostgreSQL URL of the `api_keys` table (keys are looked up there when set).
@@ -185,7 +186,16 @@ impl HttpSourceConfig {
     pub fn partition_fields(&self) -> Vec<String> {
         self.partition_key
             .clone()
-            .unwrap_or_else(|| vec!["user_id".into()])
+            .unwrap_or_else(shape::ShapeConfig::growth_partition_key)
+    }
+
+    /// The shape events are read with (the growth shape when `shape` is unset) and the
+    /// partition key, compiled.
+    pub fn compiled_shape(&self) -> shape::Shape {
+        match &self.shape {
+            Some(sh) => shape::Shape::new(sh, &self.partition_fields()),
+            None => shape::Shape::growth(),
+        }
     }
 }
 fn default_cache_ttl() -> Duration {
@@ -222,15 +232,6 @@ fn default_true() -> bool {
     true
 }
 
-/// Envelope fields that can form the partition key.
-pub const KEY_FIELDS: &[&str] = &[
-    "user_id",
-    "event_type",
-    "source",
-    "idempotency_key",
-    "trace_id",
-];
-
 /// Factory of the HTTP source.
 pub struct HttpSourcePlugin;
 
@@ -257,26 +258,10 @@ impl SourcePlugin for HttpSourcePlugin {
         }
         match &c.shape {
             Some(sh) => issues.extend(shape::validate(sh, c.partition_key.as_deref())),
-            None => {
-                for (i, f) in c.partition_fields().iter().enumerate() {
-                    if f.starts_with('/') {
-                        if f.len() < 2 {
-                            issues.push(ConfigIssue::new(
-                                format!("partition_key.{i}"),
-                                "\"/\" is not a JSON pointer into the event (e.g. /account_id)",
-                            ));
-                        }
-                    } else if !KEY_FIELDS.contains(&f.as_str()) {
-                        issues.push(ConfigIssue::new(
-                            format!("partition_key.{i}"),
-                            format!(
-                                "{f:?} is neither a JSON pointer into the event nor one of {}",
-                                KEY_FIELDS.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            }
+            None => issues.extend(shape::validate(
+                &shape::ShapeConfig::growth(),
+                Some(&c.partition_fields()),
+            )),
         }
         if c.database_url.is_none() && c.static_keys.is_empty() && !c.allow_anonymous {
             issues.push(ConfigIssue::new("", "no way to authenticate: set database_url (api_keys table), static_keys, or allow_anonymous: true"));

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use super::auth::{AuthMetrics, AuthResult, Authenticator, KeyInfo};
 use super::edge::{Claim, Edge, Stored};
 use super::encoding::{self, Coding, DecodeError};
-use super::event::{envelope, parse_body, FieldError, RequestFacts};
+use super::event::{parse_body, FieldError, RequestFacts};
 use super::ratelimit::{Decision, RateLimiter, Scope};
 use super::shape;
 use super::stream::{self, Filter, Hub, Refused};
@@ -48,8 +48,8 @@ pub struct State {
     limiter: RateLimiter,
     schema: Option<jsonschema::Validator>,
     contracts: Option<super::contracts::Contracts>,
-    /// `config.partition_fields()`, resolved once.
-    partition_fields: Vec<String>,
+    /// The event shape (the growth shape without `shape:`) with the partition key, compiled once.
+    shape: shape::Shape,
     metrics: HttpMetrics,
     shutdown: Shutdown,
     hub: Option<Arc<Hub>>,
@@ -204,7 +204,7 @@ impl State {
             limiter,
             schema,
             contracts,
-            partition_fields: config.partition_fields(),
+            shape: config.compiled_shape(),
             shutdown: ctx.shutdown.clone(),
             hub,
             config,
@@ -620,19 +620,17 @@ async fn ingest(
                 });
             }
         }
-        let enveloped = match &s.config.shape {
-            Some(sh) => shape::envelope(sh, i, ev, &facts),
-            None => envelope(i, ev, &facts),
-        };
-        let checked = enveloped.and_then(|mut env| {
-            env.partition_key = shape::partition_key(&env.envelope, ev, &s.partition_fields)
-                .map_err(|(pointer, m)| {
-                    vec![FieldError {
-                        index: i,
-                        pointer,
-                        message: format!("{m} (the partition key)"),
-                    }]
-                })?;
+        let checked = s.shape.envelope(i, ev, &facts).and_then(|mut env| {
+            env.partition_key =
+                s.shape
+                    .partition_key(&env.envelope, ev)
+                    .map_err(|(pointer, m)| {
+                        vec![FieldError {
+                            index: i,
+                            pointer,
+                            message: format!("{m} (the partition key)"),
+                        }]
+                    })?;
             if let Some(c) = &s.contracts {
                 let event_type = env.envelope["event_type"]
                     .as_str()

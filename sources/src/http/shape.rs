@@ -1,10 +1,23 @@
 //! Event shapes: which fields of an accepted event give its envelope (SPEC §2) — event type,
-//! event time, the derived idempotency key — and its partition key.
+//! event time, the derived idempotency key, fields lifted beside them — and its partition key.
 //!
-//! Without `shape:` an `http_source` takes **growth events** (the built-in rules of
-//! [`event::envelope`](super::event::envelope): `user_id` a UUID, `event_type`,
-//! `client_timestamp`, other fields into `payload`). With `shape:` it takes any JSON object and
-//! reads the envelope's fields through JSON pointers:
+//! A shape is configuration, not code. Without `shape:` an `http_source` takes **growth
+//! events**, and that default is itself a declared shape ([`ShapeConfig::growth`]); written out
+//! it is:
+//!
+//! ```yaml
+//! partition_key: [user_id]
+//! shape:
+//!   event_type: /event_type
+//!   event_time: [/client_timestamp, /event_ts]   # the first one present
+//!   fields:
+//!     user_id: { pointer: /user_id, format: uuid } # lifted into the envelope, normalised
+//!   source: /source                              # the event may name its own source
+//!   payload: rest                                # /payload plus every field not read above
+//!   derived_key: [source, user_id, event_type, event_ts]
+//! ```
+//!
+//! Any other JSON object is taken by declaring its own shape, e.g. orders:
 //!
 //! ```yaml
 //! - name: orders-in
@@ -18,27 +31,38 @@
 //!     idempotency_fields: [/order_id, /status]
 //! ```
 //!
-//! The envelope is then `{"idempotency_key", "trace_id", "schema_version", "source",
-//! "event_type", "event_ts", "payload": <the event as sent>, "ingested_at"}`: the event itself is
-//! kept whole under `payload`, so its fields never collide with the envelope's
-//! (`postgres_sink` maps `/payload/order_id`). The idempotency key is, in this order, the
-//! event's own (`idempotency_key` pointer, default `/idempotency_key`), the request's
-//! `Idempotency-Key` header (suffixed `:<index>` in a batch), or SHA-256 over `source`, the
-//! event type and the `idempotency_fields` values (a field that is the event time is hashed
-//! as its UTC form, so one instant written with two offsets is one event).
+//! The envelope is `{"idempotency_key", "trace_id", "schema_version", "source", "event_type",
+//! <each lifted field>, "event_ts", "payload", "ingested_at"}`.
+//!
+//! - **`payload: event`** (the default of a declared shape) keeps the event whole under
+//!   `payload`, so its fields never collide with the envelope's (`postgres_sink` maps
+//!   `/payload/order_id`).
+//! - **`payload: rest`** takes the event's `payload` object (absent or null: `{}`) and adds every
+//!   other top-level member that the shape does not read (and not `trace_id` nor
+//!   `schema_version`, which are the envelope's), without overwriting a member of `payload`.
+//!
+//! The idempotency key is, in this order, the event's own (`idempotency_key` pointer, default
+//! `/idempotency_key`), the request's `Idempotency-Key` header (suffixed `:<index>` in a batch),
+//! or SHA-256 over the `derived_key` parts, each followed by a zero byte. A part is an envelope
+//! field (`source`, `event_type`, `event_ts`, a lifted field) or a JSON pointer into the event;
+//! a pointer that is one of the event-time pointers is hashed as the UTC instant, so one instant
+//! written with two offsets is one event. `idempotency_fields: [...]` is the short form of
+//! `derived_key: [source, event_type, ...]`.
 //!
 //! Which fields are required and of what type is the JSON Schema's job (`schema_file`, or the
-//! versioned `contracts`, which validate `payload` — here the whole event); the fields named
-//! by the shape are required whatever the schema says, and a missing or non-scalar one is a
-//! 400 naming its pointer.
+//! versioned `contracts`, which validate `payload`); the fields named by the shape are required
+//! whatever the schema says, and a missing or ill-typed one is a 400 naming its pointer.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use chrono::SecondsFormat;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::event::{parse_timestamp, Enveloped, FieldError, RequestFacts};
+use super::event::{kind, parse_timestamp, Enveloped, FieldError, RequestFacts};
 use connector_core::ConfigIssue;
 
 /// A declared event shape (see the [module docs](self)).
@@ -48,27 +72,144 @@ pub struct ShapeConfig {
     /// The event type: a JSON pointer into the event (`/kind`, a non-empty string of at most 200
     /// characters), or, without a leading `/`, the type of every event (`order`).
     pub event_type: String,
-    /// JSON pointer to the event time: an RFC 3339 timestamp with an explicit offset or `Z`,
-    /// normalised to UTC (`event_ts`).
-    pub event_time: String,
-    /// JSON pointers whose values (strings, numbers, booleans), with `source` and the event type,
-    /// are hashed into the derived idempotency key. Name every field that tells two distinct
-    /// events apart: what is left out makes events that differ only there one event.
+    /// JSON pointer to the event time, or a list of them (the first one present in the event is
+    /// used; a missing time is reported at the first): an RFC 3339 timestamp with an explicit
+    /// offset or `Z`, normalised to UTC (`event_ts`).
+    pub event_time: Pointers,
+    /// Short form of `derived_key`: JSON pointers whose values (strings, numbers, booleans) are
+    /// hashed after `source` and the event type. Name every field that tells two distinct events
+    /// apart: what is left out makes events that differ only there one event.
+    #[serde(default)]
     pub idempotency_fields: Vec<String>,
+    /// What the derived idempotency key hashes, in order: envelope fields (`source`,
+    /// `event_type`, `event_ts`, a name from `fields`) and JSON pointers into the event. Set
+    /// this or `idempotency_fields`, not both.
+    #[serde(default)]
+    pub derived_key: Vec<String>,
     /// JSON pointer to a client-chosen idempotency key (a string of 1 to 200 characters), used
     /// when the event has one.
     #[serde(default = "default_idempotency_key")]
     pub idempotency_key: String,
+    /// Fields lifted from the event into the envelope's top level, by name (e.g. `user_id`),
+    /// each required. They may be named by `partition_key` and `derived_key`.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldSpec>,
+    /// JSON pointer to the event's own `source` (a string of 1 to 200 characters); absent from
+    /// the event or unset: the connector's `source`, else the API key's name.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// What goes under the envelope's `payload`: `event` (default: the event whole) or `rest`
+    /// (the event's `payload` object plus every member the shape does not read).
+    #[serde(default)]
+    pub payload: PayloadMode,
+}
+
+/// One JSON pointer or a list of them.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Pointers {
+    /// One pointer.
+    One(String),
+    /// Several, in order of preference.
+    Many(Vec<String>),
+}
+
+impl Pointers {
+    fn as_slice(&self) -> &[String] {
+        match self {
+            Pointers::One(p) => std::slice::from_ref(p),
+            Pointers::Many(ps) => ps,
+        }
+    }
+}
+
+/// A field lifted into the envelope.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// JSON pointer into the event.
+    pub pointer: String,
+    /// What the value must be.
+    #[serde(default)]
+    pub format: FieldFormat,
+}
+
+/// What a lifted field must be.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldFormat {
+    /// A non-empty string, kept as sent (default).
+    #[default]
+    String,
+    /// A UUID in any form `uuid` parses (upper case, no hyphens, braces), stored lower case and
+    /// hyphenated so that one id written two ways is one id.
+    Uuid,
+}
+
+/// What goes under the envelope's `payload`.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadMode {
+    /// The event whole.
+    #[default]
+    Event,
+    /// The event's `payload` object plus every top-level member the shape does not read.
+    Rest,
 }
 
 fn default_idempotency_key() -> String {
     "/idempotency_key".into()
 }
 
-/// Envelope fields a `partition_key` entry may name (besides JSON pointers into the event).
+impl ShapeConfig {
+    /// The growth-event shape: what an `http_source` without `shape:` takes (module docs).
+    pub fn growth() -> Self {
+        ShapeConfig {
+            event_type: "/event_type".into(),
+            event_time: Pointers::Many(vec!["/client_timestamp".into(), "/event_ts".into()]),
+            idempotency_fields: Vec::new(),
+            derived_key: ["source", "user_id", "event_type", "event_ts"]
+                .map(String::from)
+                .to_vec(),
+            idempotency_key: default_idempotency_key(),
+            fields: BTreeMap::from([(
+                "user_id".to_string(),
+                FieldSpec {
+                    pointer: "/user_id".into(),
+                    format: FieldFormat::Uuid,
+                },
+            )]),
+            source: Some("/source".into()),
+            payload: PayloadMode::Rest,
+        }
+    }
+
+    /// The partition key of the growth shape.
+    pub fn growth_partition_key() -> Vec<String> {
+        vec!["user_id".into()]
+    }
+}
+
+/// Envelope fields a `partition_key` entry may name (besides the shape's lifted `fields` and JSON
+/// pointers into the event).
 pub const CUSTOM_KEY_FIELDS: &[&str] = &["event_type", "source", "idempotency_key", "trace_id"];
 
-/// Configuration problems of a shape (pure: no I/O).
+/// Names the envelope itself uses: a lifted field may not take one.
+const ENVELOPE_FIELDS: &[&str] = &[
+    "idempotency_key",
+    "trace_id",
+    "schema_version",
+    "source",
+    "event_type",
+    "event_ts",
+    "payload",
+    "ingested_at",
+];
+
+/// Envelope fields a `derived_key` entry may name (besides the lifted `fields`).
+const HASH_FIELDS: &[&str] = &["source", "event_type", "event_ts"];
+
+/// Configuration problems of a shape and its partition key (pure: no I/O).
 pub fn validate(s: &ShapeConfig, partition_key: Option<&[String]>) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let pointer = |field: String, p: &str, issues: &mut Vec<ConfigIssue>| {
@@ -79,6 +220,7 @@ pub fn validate(s: &ShapeConfig, partition_key: Option<&[String]>) -> Vec<Config
             ));
         }
     };
+    let lifted: Vec<&str> = s.fields.keys().map(String::as_str).collect();
     if s.event_type.is_empty() {
         issues.push(ConfigIssue::new(
             "shape.event_type",
@@ -92,36 +234,95 @@ pub fn validate(s: &ShapeConfig, partition_key: Option<&[String]>) -> Vec<Config
             "a type name has at most 200 characters",
         ));
     }
-    pointer("shape.event_time".into(), &s.event_time, &mut issues);
+    match &s.event_time {
+        Pointers::One(p) => pointer("shape.event_time".into(), p, &mut issues),
+        Pointers::Many(ps) if ps.is_empty() => issues.push(ConfigIssue::new(
+            "shape.event_time",
+            "needs at least one pointer (e.g. /placed_at)",
+        )),
+        Pointers::Many(ps) => {
+            for (i, p) in ps.iter().enumerate() {
+                pointer(format!("shape.event_time.{i}"), p, &mut issues);
+            }
+        }
+    }
     pointer(
         "shape.idempotency_key".into(),
         &s.idempotency_key,
         &mut issues,
     );
-    if s.idempotency_fields.is_empty() {
-        issues.push(ConfigIssue::new(
+    for (name, f) in &s.fields {
+        if name.is_empty() || name.starts_with('/') || ENVELOPE_FIELDS.contains(&name.as_str()) {
+            issues.push(ConfigIssue::new(
+                format!("shape.fields.{name}"),
+                format!(
+                    "a lifted field needs a name of its own, not a pointer nor one of {}",
+                    ENVELOPE_FIELDS.join(", ")
+                ),
+            ));
+        }
+        pointer(
+            format!("shape.fields.{name}.pointer"),
+            &f.pointer,
+            &mut issues,
+        );
+    }
+    if let Some(p) = &s.source {
+        pointer("shape.source".into(), p, &mut issues);
+    }
+    match (s.idempotency_fields.is_empty(), s.derived_key.is_empty()) {
+        (true, true) => issues.push(ConfigIssue::new(
             "shape.idempotency_fields",
-            "needs at least one pointer: the fields that tell two events apart",
-        ));
+            "needs at least one pointer: the fields that tell two events apart (or set derived_key)",
+        )),
+        (false, false) => issues.push(ConfigIssue::new(
+            "shape.derived_key",
+            "set derived_key or idempotency_fields, not both",
+        )),
+        _ => {}
     }
     for (i, p) in s.idempotency_fields.iter().enumerate() {
         pointer(format!("shape.idempotency_fields.{i}"), p, &mut issues);
     }
+    for (i, p) in s.derived_key.iter().enumerate() {
+        if p.starts_with('/') {
+            pointer(format!("shape.derived_key.{i}"), p, &mut issues);
+        } else if !HASH_FIELDS.contains(&p.as_str()) && !lifted.contains(&p.as_str()) {
+            issues.push(ConfigIssue::new(
+                format!("shape.derived_key.{i}"),
+                format!(
+                    "{p:?} is neither a JSON pointer into the event nor one of {}",
+                    lifted
+                        .iter()
+                        .chain(HASH_FIELDS)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
     match partition_key {
         None => issues.push(ConfigIssue::new(
             "partition_key",
-            "a declared shape needs its partition key: JSON pointers into the event (e.g. [/order_id]) or envelope fields (event_type, source, idempotency_key, trace_id)",
+            "a declared shape needs its partition key: JSON pointers into the event (e.g. [/order_id]) or envelope fields (event_type, source, idempotency_key, trace_id, or a lifted field)",
         )),
         Some(fields) => {
             for (i, f) in fields.iter().enumerate() {
                 if f.starts_with('/') {
                     pointer(format!("partition_key.{i}"), f, &mut issues);
-                } else if !CUSTOM_KEY_FIELDS.contains(&f.as_str()) {
+                } else if !CUSTOM_KEY_FIELDS.contains(&f.as_str()) && !lifted.contains(&f.as_str())
+                {
                     issues.push(ConfigIssue::new(
                         format!("partition_key.{i}"),
                         format!(
-                            "{f:?} is not a JSON pointer into the event nor one of {}",
-                            CUSTOM_KEY_FIELDS.join(", ")
+                            "{f:?} is neither a JSON pointer into the event nor one of {}",
+                            lifted
+                                .iter()
+                                .chain(CUSTOM_KEY_FIELDS)
+                                .copied()
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ));
                 }
@@ -131,159 +332,429 @@ pub fn validate(s: &ShapeConfig, partition_key: Option<&[String]>) -> Vec<Config
     issues
 }
 
+/// A JSON pointer split into its reference tokens once, so that reading it per event allocates
+/// nothing (`serde_json::Value::pointer` unescapes every token into a new `String` on each call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pointer {
+    /// As configured (what errors name).
+    text: String,
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    fn parse(text: &str) -> Self {
+        Pointer {
+            text: text.to_string(),
+            tokens: text
+                .split('/')
+                .skip(1)
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect(),
+        }
+    }
+
+    /// The value at this pointer (RFC 6901, as `serde_json::Value::pointer`).
+    fn get<'a>(&self, mut v: &'a Value) -> Option<&'a Value> {
+        for t in &self.tokens {
+            v = match v {
+                Value::Object(m) => m.get(t)?,
+                Value::Array(a) => {
+                    if t.starts_with('+') || (t.len() > 1 && t.starts_with('0')) {
+                        return None;
+                    }
+                    a.get(t.parse::<usize>().ok()?)?
+                }
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+
+    /// The top-level member this pointer reads (what `payload: rest` leaves out).
+    fn top(&self) -> Option<&str> {
+        self.tokens.first().map(String::as_str)
+    }
+}
+
+/// Where the event type comes from.
+#[derive(Debug, Clone)]
+enum EventTypeFrom {
+    Fixed(String),
+    At(Pointer),
+}
+
+/// One part of the derived idempotency key.
+#[derive(Debug, Clone)]
+enum HashPart {
+    Source,
+    EventType,
+    EventTs,
+    Lifted(usize),
+    At(Pointer),
+}
+
+/// One part of the partition key.
+#[derive(Debug, Clone)]
+enum KeyPart {
+    Envelope(String),
+    At(Pointer),
+}
+
+/// A lifted field, compiled.
+#[derive(Debug, Clone)]
+struct Lifted {
+    name: String,
+    at: Pointer,
+    format: FieldFormat,
+}
+
+/// A validated [`ShapeConfig`] and partition key with every pointer parsed once: what an
+/// `http_source` applies to each event.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    event_type: EventTypeFrom,
+    event_time: Vec<Pointer>,
+    idempotency_key: Pointer,
+    fields: Vec<Lifted>,
+    source: Option<Pointer>,
+    payload: PayloadMode,
+    /// Top-level members `payload: rest` leaves out.
+    read: Vec<String>,
+    hash: Vec<HashPart>,
+    partition: Vec<KeyPart>,
+}
+
+impl Shape {
+    /// The growth-event shape with its partition key `[user_id]`: an `http_source` without
+    /// `shape:`.
+    pub fn growth() -> Self {
+        Shape::new(&ShapeConfig::growth(), &ShapeConfig::growth_partition_key())
+    }
+
+    /// Compiles a shape that [`validate`] passed (an entry it would refuse reads nothing).
+    pub fn new(c: &ShapeConfig, partition_key: &[String]) -> Self {
+        let mut event_time: Vec<Pointer> = c
+            .event_time
+            .as_slice()
+            .iter()
+            .map(|p| Pointer::parse(p))
+            .collect();
+        if event_time.is_empty() {
+            // Refused by `validate`; read as the whole event (an error per event), never a panic.
+            event_time.push(Pointer::parse(""));
+        }
+        let fields: Vec<Lifted> = c
+            .fields
+            .iter()
+            .map(|(name, f)| Lifted {
+                name: name.clone(),
+                at: Pointer::parse(&f.pointer),
+                format: f.format,
+            })
+            .collect();
+        let layout: Vec<String> = if c.derived_key.is_empty() {
+            ["source".to_string(), "event_type".to_string()]
+                .into_iter()
+                .chain(c.idempotency_fields.iter().cloned())
+                .collect()
+        } else {
+            c.derived_key.clone()
+        };
+        let hash = layout
+            .iter()
+            .map(|p| match p.as_str() {
+                "source" => HashPart::Source,
+                "event_type" => HashPart::EventType,
+                "event_ts" => HashPart::EventTs,
+                _ if c.event_time.as_slice().contains(p) => HashPart::EventTs,
+                _ if p.starts_with('/') => HashPart::At(Pointer::parse(p)),
+                name => match fields.iter().position(|f| f.name == name) {
+                    Some(i) => HashPart::Lifted(i),
+                    None => HashPart::At(Pointer::parse(name)),
+                },
+            })
+            .collect();
+        let event_type = if c.event_type.starts_with('/') {
+            EventTypeFrom::At(Pointer::parse(&c.event_type))
+        } else {
+            EventTypeFrom::Fixed(c.event_type.clone())
+        };
+        let idempotency_key = Pointer::parse(&c.idempotency_key);
+        let source = c.source.as_deref().map(Pointer::parse);
+        let mut read: Vec<String> = ["payload", "trace_id", "schema_version"]
+            .map(String::from)
+            .to_vec();
+        let type_ptr = match &event_type {
+            EventTypeFrom::At(p) => Some(p),
+            EventTypeFrom::Fixed(_) => None,
+        };
+        for p in event_time
+            .iter()
+            .chain(fields.iter().map(|f| &f.at))
+            .chain(type_ptr)
+            .chain(source.as_ref())
+            .chain(std::iter::once(&idempotency_key))
+        {
+            if let Some(t) = p.top() {
+                if !read.iter().any(|r| r == t) {
+                    read.push(t.to_string());
+                }
+            }
+        }
+        let partition = partition_key
+            .iter()
+            .map(|f| {
+                if f.starts_with('/') {
+                    KeyPart::At(Pointer::parse(f))
+                } else {
+                    KeyPart::Envelope(f.clone())
+                }
+            })
+            .collect();
+        Shape {
+            event_type,
+            event_time,
+            idempotency_key,
+            fields,
+            source,
+            payload: c.payload,
+            read,
+            hash,
+            partition,
+        }
+    }
+
+    /// Checks one event against the shape and builds its envelope; every problem is named with
+    /// its pointer.
+    pub fn envelope(
+        &self,
+        index: usize,
+        event: &Value,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Enveloped, Vec<FieldError>> {
+        let err = |pointer: &str, message: &str| FieldError {
+            index,
+            pointer: pointer.to_string(),
+            message: message.to_string(),
+        };
+        let Some(obj) = event.as_object() else {
+            return Err(vec![err(
+                "",
+                &format!("event must be a JSON object, not {}", kind(event)),
+            )]);
+        };
+        let mut errors = Vec::new();
+        let mut lifted: Vec<Option<String>> = Vec::with_capacity(self.fields.len());
+        for f in &self.fields {
+            let p = f.at.text.as_str();
+            lifted.push(match (f.at.get(event), f.format) {
+                (Some(Value::String(s)), FieldFormat::Uuid) => match uuid::Uuid::parse_str(s) {
+                    Ok(u) => Some(u.hyphenated().to_string()),
+                    Err(_) => {
+                        errors.push(err(p, "must be a UUID"));
+                        None
+                    }
+                },
+                (Some(_), FieldFormat::Uuid) => {
+                    errors.push(err(p, "must be a string (a UUID)"));
+                    None
+                }
+                (Some(Value::String(s)), FieldFormat::String) if !s.is_empty() => Some(s.clone()),
+                (Some(_), FieldFormat::String) => {
+                    errors.push(err(p, "must be a non-empty string"));
+                    None
+                }
+                (None, _) => {
+                    errors.push(err(p, "is required"));
+                    None
+                }
+            });
+        }
+        let event_type: Option<&str> = match &self.event_type {
+            EventTypeFrom::Fixed(t) => Some(t),
+            EventTypeFrom::At(p) => match p.get(event) {
+                Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 200 => Some(s),
+                Some(Value::String(_)) => {
+                    errors.push(err(&p.text, "must be 1 to 200 characters"));
+                    None
+                }
+                Some(_) => {
+                    errors.push(err(&p.text, "must be a string"));
+                    None
+                }
+                None => {
+                    errors.push(err(&p.text, "is required"));
+                    None
+                }
+            },
+        };
+        let (ts_at, ts_value) = self
+            .event_time
+            .iter()
+            .find_map(|p| p.get(event).map(|v| (p, Some(v))))
+            .unwrap_or((&self.event_time[0], None));
+        let ts = match ts_value {
+            Some(Value::String(s)) => match parse_timestamp(s) {
+                Some(t) => Some(t),
+                None => {
+                    errors.push(err(&ts_at.text, "must be an RFC 3339 timestamp with an explicit offset or Z, e.g. 2026-11-23T10:00:00Z"));
+                    None
+                }
+            },
+            Some(_) => {
+                errors.push(err(&ts_at.text, "must be a string (RFC 3339 timestamp)"));
+                None
+            }
+            None => {
+                errors.push(err(
+                    &ts_at.text,
+                    "is required (RFC 3339 with an offset or Z)",
+                ));
+                None
+            }
+        };
+        let rest = match self.payload {
+            PayloadMode::Event => None,
+            PayloadMode::Rest => match obj.get("payload") {
+                Some(Value::Object(p)) => Some(p.clone()),
+                None | Some(Value::Null) => Some(Map::new()),
+                Some(_) => {
+                    errors.push(err("/payload", "must be a JSON object"));
+                    None
+                }
+            },
+        };
+        let client_key = match self.idempotency_key.get(event) {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Some(s.clone()),
+            Some(_) => {
+                errors.push(err(
+                    &self.idempotency_key.text,
+                    "must be a string of 1 to 200 characters",
+                ));
+                None
+            }
+            None => None,
+        };
+        let source: Cow<'_, str> = match self.source.as_ref().and_then(|p| Some((p, p.get(event)?)))
+        {
+            None => Cow::Borrowed(facts.source),
+            Some((_, Value::String(s))) if !s.is_empty() && s.len() <= 200 => Cow::Borrowed(s),
+            Some((p, _)) => {
+                errors.push(err(&p.text, "must be a string of 1 to 200 characters"));
+                Cow::Borrowed("")
+            }
+        };
+        // Every pointer the key hashes is checked, whichever key the event ends up with. (Only
+        // pointer parts are kept here: a shape hashing envelope fields allocates nothing.)
+        let mut hashed: Vec<Cow<'_, str>> = Vec::new();
+        for part in &self.hash {
+            if let HashPart::At(p) = part {
+                match scalar(event, p) {
+                    Ok(v) => hashed.push(v),
+                    Err(m) => errors.push(err(&p.text, &format!("{m} (an idempotency field)"))),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let (Some(event_type), Some(ts)) = (event_type, ts) else {
+            return Err(vec![err("", "invalid event")]);
+        };
+        let event_ts = ts.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let idempotency_key = match (client_key, facts.header_key) {
+            (Some(k), _) => k,
+            (None, Some(h)) if facts.count == 1 => h.to_string(),
+            (None, Some(h)) => format!("{h}:{index}"),
+            (None, None) => {
+                let mut h = Sha256::new();
+                let mut at = hashed.iter();
+                for part in &self.hash {
+                    h.update(match part {
+                        HashPart::Source => source.as_bytes(),
+                        HashPart::EventType => event_type.as_bytes(),
+                        HashPart::EventTs => event_ts.as_bytes(),
+                        HashPart::Lifted(i) => lifted[*i].as_deref().unwrap_or_default().as_bytes(),
+                        HashPart::At(_) => at.next().map(|v| v.as_bytes()).unwrap_or_default(),
+                    });
+                    h.update([0u8]);
+                }
+                hex::encode(h.finalize())
+            }
+        };
+        let payload = match rest {
+            None => event.clone(),
+            Some(mut p) => {
+                for (k, v) in obj {
+                    if !self.read.iter().any(|r| r == k) && !p.contains_key(k) {
+                        p.insert(k.clone(), v.clone());
+                    }
+                }
+                Value::Object(p)
+            }
+        };
+        let mut env = Map::new();
+        env.insert("idempotency_key".into(), idempotency_key.clone().into());
+        env.insert("trace_id".into(), facts.trace_id.into());
+        env.insert("schema_version".into(), 1.into());
+        env.insert("source".into(), source.into_owned().into());
+        env.insert("event_type".into(), event_type.into());
+        for (f, v) in self.fields.iter().zip(lifted) {
+            env.insert(f.name.clone(), v.unwrap_or_default().into());
+        }
+        env.insert("event_ts".into(), event_ts.into());
+        env.insert("payload".into(), payload);
+        env.insert(
+            "ingested_at".into(),
+            facts
+                .now
+                .to_rfc3339_opts(SecondsFormat::Micros, true)
+                .into(),
+        );
+        Ok(Enveloped {
+            index,
+            idempotency_key,
+            envelope: Value::Object(env),
+            partition_key: String::new(),
+        })
+    }
+
+    /// The partition key: each entry — an envelope field name, or a JSON pointer into the event
+    /// as sent — joined with `|`. A pointer with no scalar value is the event's error (`Err`).
+    pub fn partition_key(
+        &self,
+        envelope: &Value,
+        event: &Value,
+    ) -> Result<String, (String, &'static str)> {
+        let mut key = String::new();
+        for (i, part) in self.partition.iter().enumerate() {
+            if i > 0 {
+                key.push('|');
+            }
+            match part {
+                KeyPart::At(p) => match scalar(event, p) {
+                    Ok(v) => key.push_str(&v),
+                    Err(m) => return Err((p.text.clone(), m)),
+                },
+                KeyPart::Envelope(f) => match &envelope[f.as_str()] {
+                    Value::String(s) => key.push_str(s),
+                    Value::Null => {}
+                    other => key.push_str(&other.to_string()),
+                },
+            }
+        }
+        Ok(key)
+    }
+}
+
 /// The text of a scalar at `pointer` in `event`, or why there is none.
-fn scalar<'a>(event: &'a Value, pointer: &str) -> Result<std::borrow::Cow<'a, str>, &'static str> {
-    match event.pointer(pointer) {
-        Some(Value::String(s)) => Ok(std::borrow::Cow::Borrowed(s)),
-        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(std::borrow::Cow::Owned(v.to_string())),
+fn scalar<'a>(event: &'a Value, pointer: &Pointer) -> Result<Cow<'a, str>, &'static str> {
+    match pointer.get(event) {
+        Some(Value::String(s)) => Ok(Cow::Borrowed(s)),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Cow::Owned(v.to_string())),
         None | Some(Value::Null) => Err("is required"),
         Some(_) => Err("must be a string, a number or a boolean"),
     }
-}
-
-/// Builds the envelope of one event of a declared shape.
-pub fn envelope(
-    shape: &ShapeConfig,
-    index: usize,
-    event: &Value,
-    facts: &RequestFacts<'_>,
-) -> Result<Enveloped, Vec<FieldError>> {
-    let err = |pointer: &str, message: String| FieldError {
-        index,
-        pointer: pointer.to_string(),
-        message,
-    };
-    if !event.is_object() {
-        return Err(vec![err("", "event must be a JSON object".into())]);
-    }
-    let mut errors = Vec::new();
-    let event_type = if shape.event_type.starts_with('/') {
-        match event.pointer(&shape.event_type) {
-            Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 200 => s.clone(),
-            Some(Value::String(_)) => {
-                errors.push(err(&shape.event_type, "must be 1 to 200 characters".into()));
-                String::new()
-            }
-            None | Some(Value::Null) => {
-                errors.push(err(
-                    &shape.event_type,
-                    "is required (the event type)".into(),
-                ));
-                String::new()
-            }
-            Some(_) => {
-                errors.push(err(
-                    &shape.event_type,
-                    "must be a string (the event type)".into(),
-                ));
-                String::new()
-            }
-        }
-    } else {
-        shape.event_type.clone()
-    };
-    let ts = match event.pointer(&shape.event_time) {
-        Some(Value::String(s)) => match parse_timestamp(s) {
-            Some(t) => Some(t),
-            None => {
-                errors.push(err(&shape.event_time, "must be an RFC 3339 timestamp with an explicit offset or Z, e.g. 2026-11-23T10:00:00Z".into()));
-                None
-            }
-        },
-        None | Some(Value::Null) => {
-            errors.push(err(
-                &shape.event_time,
-                "is required (the event time: RFC 3339 with an offset or Z)".into(),
-            ));
-            None
-        }
-        Some(_) => {
-            errors.push(err(
-                &shape.event_time,
-                "must be a string (RFC 3339 timestamp)".into(),
-            ));
-            None
-        }
-    };
-    let event_ts = ts.map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true));
-    let client_key = match event.pointer(&shape.idempotency_key) {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Some(s.clone()),
-        None | Some(Value::Null) => None,
-        Some(_) => {
-            errors.push(err(
-                &shape.idempotency_key,
-                "must be a string of 1 to 200 characters".into(),
-            ));
-            None
-        }
-    };
-    let mut hash = Sha256::new();
-    for part in [facts.source, &event_type] {
-        hash.update(part.as_bytes());
-        hash.update([0u8]);
-    }
-    for p in &shape.idempotency_fields {
-        if *p == shape.event_time {
-            // The instant, not how it was written: `+02:00` and `Z` forms are one event.
-            hash.update(event_ts.as_deref().unwrap_or_default().as_bytes());
-        } else {
-            match scalar(event, p) {
-                Ok(v) => hash.update(v.as_bytes()),
-                Err(m) => errors.push(err(p, format!("{m} (an idempotency field)"))),
-            }
-        }
-        hash.update([0u8]);
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let idempotency_key = match (client_key, facts.header_key) {
-        (Some(k), _) => k,
-        (None, Some(h)) if facts.count == 1 => h.to_string(),
-        (None, Some(h)) => format!("{h}:{index}"),
-        (None, None) => hex::encode(hash.finalize()),
-    };
-    let envelope = serde_json::json!({
-        "idempotency_key": idempotency_key,
-        "trace_id": facts.trace_id,
-        "schema_version": 1,
-        "source": facts.source,
-        "event_type": event_type,
-        "event_ts": event_ts,
-        "payload": event,
-        "ingested_at": facts.now.to_rfc3339_opts(SecondsFormat::Micros, true),
-    });
-    Ok(Enveloped {
-        index,
-        idempotency_key,
-        envelope,
-        partition_key: String::new(),
-    })
-}
-
-/// The partition key: each entry — an envelope field name, or a JSON pointer into the event as
-/// sent — joined with `|`. A pointer with no scalar value is the event's error (`Err`).
-pub fn partition_key(
-    envelope: &Value,
-    event: &Value,
-    fields: &[String],
-) -> Result<String, (String, &'static str)> {
-    let mut parts = Vec::with_capacity(fields.len());
-    for f in fields {
-        if f.starts_with('/') {
-            match scalar(event, f) {
-                Ok(v) => parts.push(v.into_owned()),
-                Err(m) => return Err((f.clone(), m)),
-            }
-        } else {
-            parts.push(match &envelope[f.as_str()] {
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            });
-        }
-    }
-    Ok(parts.join("|"))
 }
 
 #[cfg(test)]
@@ -294,10 +765,31 @@ mod tests {
     fn orders() -> ShapeConfig {
         ShapeConfig {
             event_type: "order".into(),
-            event_time: "/placed_at".into(),
+            event_time: Pointers::One("/placed_at".into()),
             idempotency_fields: vec!["/order_id".into(), "/status".into(), "/placed_at".into()],
+            derived_key: Vec::new(),
             idempotency_key: default_idempotency_key(),
+            fields: BTreeMap::new(),
+            source: None,
+            payload: PayloadMode::Event,
         }
+    }
+
+    fn envelope(
+        shape: &ShapeConfig,
+        index: usize,
+        event: &Value,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Enveloped, Vec<FieldError>> {
+        Shape::new(shape, &["/order_id".into()]).envelope(index, event, facts)
+    }
+
+    fn partition_key(
+        envelope: &Value,
+        event: &Value,
+        fields: &[String],
+    ) -> Result<String, (String, &'static str)> {
+        Shape::new(&orders(), fields).partition_key(envelope, event)
     }
 
     fn facts<'a>(header: Option<&'a str>, count: usize) -> RequestFacts<'a> {
@@ -399,9 +891,10 @@ mod tests {
     fn validation_names_every_bad_setting() {
         let bad = ShapeConfig {
             event_type: String::new(),
-            event_time: "placed_at".into(),
+            event_time: Pointers::One("placed_at".into()),
             idempotency_fields: vec![],
             idempotency_key: "/".into(),
+            ..orders()
         };
         let paths: Vec<String> = validate(&bad, Some(&["user_id".into(), "/".into()]))
             .into_iter()
@@ -424,5 +917,154 @@ mod tests {
             "the partition key must be declared"
         );
         assert!(validate(&orders(), Some(&["/order_id".into(), "source".into()])).is_empty());
+    }
+
+    /// The orders key and envelope as the first version of declared shapes gave them: the
+    /// short form `idempotency_fields` still hashes `source`, the type, then the fields.
+    #[test]
+    fn idempotency_fields_keep_the_keys_they_gave_before_derived_key_existed() {
+        let ev = json!({"order_id": 17, "status": "placed", "placed_at": "2026-12-02T14:30:00+02:00", "amount": 12.5});
+        let e = envelope(&orders(), 0, &ev, &facts(None, 1)).expect("valid");
+        assert_eq!(
+            e.envelope.to_string(),
+            r#"{"event_ts":"2026-12-02T12:30:00.000000Z","event_type":"order","idempotency_key":"bfc03d1d08fe7a878f23eaea8ead22746854a9e9adeabaede60e1114192a7a0e","ingested_at":"2026-12-02T12:00:00.000000Z","payload":{"amount":12.5,"order_id":17,"placed_at":"2026-12-02T14:30:00+02:00","status":"placed"},"schema_version":1,"source":"shop","trace_id":"t1"}"#
+        );
+        let mut long = orders();
+        long.idempotency_fields = Vec::new();
+        long.derived_key = ["source", "event_type", "/order_id", "/status", "event_ts"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            envelope(&long, 0, &ev, &facts(None, 1))
+                .expect("valid")
+                .idempotency_key,
+            e.idempotency_key,
+            "the same layout written out is the same key"
+        );
+    }
+
+    #[test]
+    fn lifted_fields_rest_payload_and_source_pointer() {
+        let shape: ShapeConfig = serde_yaml::from_str(
+            "event_type: /kind\n\
+             event_time: [/at, /when]\n\
+             fields: { account: { pointer: /acct/id }, owner: { pointer: /owner, format: uuid } }\n\
+             source: /src\n\
+             payload: rest\n\
+             derived_key: [account, owner, /n]\n",
+        )
+        .expect("yaml");
+        assert!(validate(&shape, Some(&["account".into(), "/n".into()])).is_empty());
+        let sh = Shape::new(&shape, &["account".into(), "/n".into()]);
+        let ev = json!({"kind": "k", "when": "2026-12-02T12:30:00Z", "acct": {"id": "a1"},
+            "owner": "6F1C1F0E8A4B4C559D1E2B7F3C4D5E6F", "src": "s", "n": 3, "extra": true,
+            "payload": {"extra": "kept"}, "schema_version": 2});
+        let e = sh.envelope(0, &ev, &facts(None, 1)).expect("valid");
+        assert_eq!(e.envelope["account"], "a1");
+        assert_eq!(e.envelope["owner"], "6f1c1f0e-8a4b-4c55-9d1e-2b7f3c4d5e6f");
+        assert_eq!(e.envelope["source"], "s");
+        assert_eq!(e.envelope["event_ts"], "2026-12-02T12:30:00.000000Z");
+        assert_eq!(
+            e.envelope["payload"],
+            json!({"extra": "kept", "n": 3}),
+            "rest leaves out what the shape reads, keeps /payload's own members"
+        );
+        assert_eq!(sh.partition_key(&e.envelope, &ev).as_deref(), Ok("a1|3"));
+        let mut h = Sha256::new();
+        for part in ["a1", "6f1c1f0e-8a4b-4c55-9d1e-2b7f3c4d5e6f", "3"] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        assert_eq!(e.idempotency_key, hex::encode(h.finalize()));
+        let bad = json!({"kind": "k", "at": 5, "when": "2026-12-02T12:30:00Z", "acct": {"id": ""},
+            "owner": "x", "src": null, "n": [1], "payload": 1});
+        let errs: Vec<(String, String)> = sh
+            .envelope(0, &bad, &facts(None, 1))
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| (e.pointer, e.message))
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("/acct/id", "must be a non-empty string"),
+            ("/owner", "must be a UUID"),
+            ("/at", "must be a string (RFC 3339 timestamp)"),
+            ("/payload", "must be a JSON object"),
+            ("/src", "must be a string of 1 to 200 characters"),
+            (
+                "/n",
+                "must be a string, a number or a boolean (an idempotency field)",
+            ),
+        ]
+        .map(|(p, m)| (p.to_string(), m.to_string()))
+        .to_vec();
+        assert_eq!(
+            errs, want,
+            "the first event-time pointer present is the one read"
+        );
+    }
+
+    #[test]
+    fn pointers_are_read_as_rfc_6901_says() {
+        let doc = json!({"a/b": {"m~n": [10, 20]}, "x": {"01": 1}});
+        for p in [
+            "/a~1b/m~0n/1",
+            "/a~1b/m~0n/01",
+            "/a~1b/m~0n/+1",
+            "/x/01",
+            "/x",
+            "/nope",
+            "/a~1b/m~0n/9",
+        ] {
+            assert_eq!(Pointer::parse(p).get(&doc), doc.pointer(p), "{p}");
+        }
+        assert_eq!(Pointer::parse("/a~1b").top(), Some("a/b"));
+    }
+
+    #[test]
+    fn the_growth_shape_is_valid_and_new_options_are_checked() {
+        assert!(validate(
+            &ShapeConfig::growth(),
+            Some(&ShapeConfig::growth_partition_key())
+        )
+        .is_empty());
+        let mut s = orders();
+        s.derived_key = vec!["source".into(), "nobody".into()];
+        s.fields = BTreeMap::from([
+            (
+                "payload".to_string(),
+                FieldSpec {
+                    pointer: "/p".into(),
+                    format: FieldFormat::String,
+                },
+            ),
+            (
+                "acct".to_string(),
+                FieldSpec {
+                    pointer: "acct".into(),
+                    format: FieldFormat::String,
+                },
+            ),
+        ]);
+        s.event_time = Pointers::Many(vec![]);
+        s.source = Some("src".into());
+        let issues = validate(&s, Some(&["acct".into(), "user_id".into()]));
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "shape.event_time",
+                "shape.fields.acct.pointer",
+                "shape.fields.payload",
+                "shape.source",
+                "shape.derived_key",
+                "shape.derived_key.1",
+                "partition_key.1"
+            ],
+            "{issues:?}"
+        );
+        assert!(
+            issues[6].message.contains("acct, payload, event_type"),
+            "{issues:?}"
+        );
     }
 }
