@@ -166,18 +166,7 @@ pub struct RequestFacts<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// A validated event wrapped in its envelope.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Enveloped {
-    /// Position of the event in its request.
-    pub index: usize,
-    /// The idempotency key.
-    pub idempotency_key: String,
-    /// The envelope (JSON object).
-    pub envelope: Value,
-    /// The Kafka key, filled in from the source's `partition_key` once the envelope is built.
-    pub partition_key: String,
-}
+pub use super::shape::Enveloped;
 
 /// Parses an RFC 3339 timestamp that has an explicit offset or `Z` and normalizes it to UTC.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
@@ -189,6 +178,7 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::shape::tests::{run, Out};
     use crate::http::shape::{Shape, ShapeConfig};
     use serde_json::json;
 
@@ -197,16 +187,20 @@ mod tests {
         index: usize,
         event: &Value,
         facts: &RequestFacts<'_>,
-    ) -> Result<Enveloped, Vec<FieldError>> {
-        Shape::growth().envelope(index, event, facts)
+    ) -> Result<Out, Vec<FieldError>> {
+        run(&Shape::growth(), index, event, facts)
     }
 
-    fn partition_key(
-        envelope: &Value,
-        event: &Value,
-        fields: &[String],
-    ) -> Result<String, (String, &'static str)> {
-        Shape::new(&ShapeConfig::growth(), fields).partition_key(envelope, event)
+    /// The partition key of a growth event under `fields`.
+    fn partition_key(event: &Value, fields: &[String]) -> Result<String, (String, &'static str)> {
+        run(
+            &Shape::new(&ShapeConfig::growth(), fields),
+            0,
+            event,
+            &facts(None, 1),
+        )
+        .expect("valid")
+        .partition_key
     }
 
     fn facts<'a>(header: Option<&'a str>, count: usize) -> RequestFacts<'a> {
@@ -252,7 +246,7 @@ mod tests {
         ];
         for (event, want) in golden {
             let out = envelope(0, &event, &facts(None, 1)).expect("valid");
-            assert_eq!(out.envelope.to_string(), want);
+            assert_eq!(out.json, want, "byte for byte");
             assert_eq!(
                 out.envelope["idempotency_key"],
                 out.idempotency_key.as_str()
@@ -270,7 +264,7 @@ mod tests {
         let declared = Shape::new(&declared, &ShapeConfig::growth_partition_key());
         let ev = json!({"user_id": UID, "event_type": "x", "client_timestamp": "2026-11-23T12:30:00Z", "k": [1]});
         assert_eq!(
-            declared.envelope(0, &ev, &facts(None, 1)),
+            run(&declared, 0, &ev, &facts(None, 1)),
             envelope(0, &ev, &facts(None, 1)),
             "the growth shape written as YAML is the default"
         );
@@ -365,19 +359,19 @@ mod tests {
 
     #[test]
     fn partition_key_joins_envelope_fields_and_pointers_into_the_event() {
-        let env = json!({"user_id": "u", "event_type": "e"});
-        let ev = json!({"account": {"id": 7}});
+        let ev = json!({"user_id": UID, "event_type": "e", "client_timestamp": "2026-11-23T12:30:00Z", "account": {"id": 7}});
+        assert_eq!(partition_key(&ev, &["user_id".into()]).as_deref(), Ok(UID));
         assert_eq!(
-            partition_key(&env, &ev, &["user_id".into()]).as_deref(),
-            Ok("u")
+            partition_key(&ev, &["user_id".into(), "event_type".into()]),
+            Ok(format!("{UID}|e"))
         );
         assert_eq!(
-            partition_key(&env, &ev, &["user_id".into(), "event_type".into()]).as_deref(),
-            Ok("u|e")
-        );
-        assert_eq!(
-            partition_key(&env, &ev, &["/account/id".into(), "event_type".into()]).as_deref(),
-            Ok("7|e")
+            partition_key(
+                &ev,
+                &["/account/id".into(), "event_type".into(), "source".into()]
+            )
+            .as_deref(),
+            Ok("7|e|web")
         );
     }
 }

@@ -621,23 +621,15 @@ async fn ingest(
             }
         }
         let checked = s.shape.envelope(i, ev, &facts).and_then(|mut env| {
-            env.partition_key =
-                s.shape
-                    .partition_key(&env.envelope, ev)
-                    .map_err(|(pointer, m)| {
-                        vec![FieldError {
-                            index: i,
-                            pointer,
-                            message: format!("{m} (the partition key)"),
-                        }]
-                    })?;
+            env.partition_key = s.shape.partition_key(&env).map_err(|(pointer, m)| {
+                vec![FieldError {
+                    index: i,
+                    pointer,
+                    message: format!("{m} (the partition key)"),
+                }]
+            })?;
             if let Some(c) = &s.contracts {
-                let event_type = env.envelope["event_type"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let version = c.check(i, ev, &event_type, &env.envelope["payload"])?;
-                env.envelope["schema_version"] = Value::from(version);
+                env.schema_version = c.check(i, ev, env.event_type(), &env.payload())?;
             }
             Ok(env)
         });
@@ -671,7 +663,9 @@ async fn ingest(
     // The stream's copy of what is produced: one JSON array, published after the ack.
     let mut streamed = s.hub.as_ref().map(|_| String::from("["));
     for e in &good {
-        let value = e.envelope.to_string();
+        // Written straight from the parsed event (no intermediate tree); cannot fail, every key
+        // being a string.
+        let value = serde_json::to_string(e).unwrap_or_default();
         if let Some(a) = streamed.as_mut() {
             if a.len() > 1 {
                 a.push(',');
