@@ -32,7 +32,8 @@
 //! ```
 //!
 //! The envelope is `{"idempotency_key", "trace_id", "schema_version", "source", "event_type",
-//! <each lifted field>, "event_ts", "payload", "ingested_at"}`.
+//! <each lifted field>, "event_ts", "payload", "ingested_at"}`, written in name order straight
+//! from the parsed event ([`Enveloped`] implements `Serialize`; no intermediate JSON tree).
 //!
 //! - **`payload: event`** (the default of a declared shape) keeps the event whole under
 //!   `payload`, so its fields never collide with the envelope's (`postgres_sink` maps
