@@ -2,7 +2,7 @@
 # Benchmarks (not tests): writes BENCHMARKS.md. Every figure is the median of RUNS runs with
 # min–max, next to the ceilings measured in the same run on the same machine.
 #
-#   bash scripts/bench.sh                 # RUNS=3 COUNT=1000000 E2E_SECONDS=60
+#   bash scripts/bench.sh                 # RUNS=3 COUNT=1000000 E2E_SECONDS=60 E2E_CONCURRENCY=16
 #   E2E_ONLY=1 bash scripts/bench.sh      # only the end-to-end runs (the rest of the report: —)
 #   PROFILE_ONLY=1 bash scripts/bench.sh  # only the perf profile, added to the last results
 set -euo pipefail
@@ -12,6 +12,9 @@ COUNT="${COUNT:-1000000}"
 SIZE="${SIZE:-100}"
 E2E_SECONDS="${E2E_SECONDS:-60}"
 E2E_USERS="${E2E_USERS:-10000}"
+# Clients of the end-to-end runs. With 8, a pipeline this fast waits on the broker's acks
+# (each client sends its next request after the 202) and leaves CPU idle.
+E2E_CONCURRENCY="${E2E_CONCURRENCY:-16}"
 PROFILE_SECONDS="${PROFILE_SECONDS:-30}"
 HTTP_COUNT="${HTTP_COUNT:-300000}"
 OUT_DIR="${BENCH_DIR:-bench-results}"
@@ -169,7 +172,7 @@ e2e_bench() {
   start_connectd "$cfg" "$OUT_DIR/$section.log"
   for _ in $(seq 1 150); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.2; done
   lg_cpu=$(python3 -c 'import resource,subprocess,sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); r=resource.getrusage(resource.RUSAGE_CHILDREN); print(round(r.ru_utime+r.ru_stime,2))' \
-    "$LG" --url http://127.0.0.1:18081 --key "$KEY" --count 100000000 --duration "$E2E_SECONDS" --batch 100 --dup-ratio 0.2 --concurrency 8 --users "$E2E_USERS" --run-id "$run_id" --report "$OUT_DIR/$section.json")
+    "$LG" --url http://127.0.0.1:18081 --key "$KEY" --count 100000000 --duration "$E2E_SECONDS" --batch 100 --dup-ratio 0.2 --concurrency "$E2E_CONCURRENCY" --users "$E2E_USERS" --run-id "$run_id" --report "$OUT_DIR/$section.json")
   accepted=$(python3 -c 'import json;print(json.load(open("'"$OUT_DIR/$section"'.json"))["accepted_distinct_keys"])')
   rows_at_end=$(psql_q "SELECT count(*) FROM $table WHERE source = '$run_id'")
   t0=$(date +%s.%N)
@@ -187,7 +190,7 @@ e2e_bench() {
   stages=$(stage_stats)
   dupkeys=$(psql_q "SELECT count(*) - count(DISTINCT idempotency_key) FROM $table WHERE source = '$run_id'")
   stop_connectd
-  record "$section" "$(merge "$(cat "$OUT_DIR/$section.json")" "{\"rows\": $rows, \"rows_at_end_of_load\": $rows_at_end, \"lag_at_end\": $((accepted - rows_at_end)), \"drain_seconds\": $drain, \"duplicate_rows\": $dupkeys, \"users\": $E2E_USERS, \"stored_per_second\": $(python3 -c "print(round($rows/($E2E_SECONDS+$drain)))")}")"
+  record "$section" "$(merge "$(cat "$OUT_DIR/$section.json")" "{\"rows\": $rows, \"rows_at_end_of_load\": $rows_at_end, \"lag_at_end\": $((accepted - rows_at_end)), \"drain_seconds\": $drain, \"duplicate_rows\": $dupkeys, \"users\": $E2E_USERS, \"concurrency\": $E2E_CONCURRENCY, \"stored_per_second\": $(python3 -c "print(round($rows/($E2E_SECONDS+$drain)))")}")"
   record "${section}_stats" "$(merge "$(merge "$(merge "$stats" "$(svc_delta "$before" "$(svc_cpu)")")" "$stages")" "{\"loadgen_cpu_seconds\": $lg_cpu, \"records\": $accepted}")"
 }
 
@@ -215,7 +218,7 @@ profile_bench() {
     start_connectd "$OUT_DIR/profile.yaml" "$OUT_DIR/profile.log"
   for _ in $(seq 1 150); do curl -sf http://127.0.0.1:18081/readyz >/dev/null && break; sleep 0.2; done
   "$LG" --url http://127.0.0.1:18081 --key "$KEY" --count 100000000 --duration "$PROFILE_SECONDS" --batch 100 --dup-ratio 0.2 \
-    --concurrency 8 --users "$E2E_USERS" --run-id "prof$S" --report "$OUT_DIR/profile_load.json" >/dev/null 2>&1 &
+    --concurrency "$E2E_CONCURRENCY" --users "$E2E_USERS" --run-id "prof$S" --report "$OUT_DIR/profile_load.json" >/dev/null 2>&1 &
   lg_pid=$!
   sleep 5
   perf record -q -F 999 -p "$CD_PID" -o "$OUT_DIR/perf.data" -- sleep $((PROFILE_SECONDS - 10)) >/dev/null 2>&1 || true

@@ -351,6 +351,11 @@ request and answer — connectd and the broker are the only ones talking in thes
 
 ## End to end: HTTP → redis_dedup → postgres_sink for {int(med("e2e", "seconds") or 0)} s at full speed
 
+Both end-to-end runs: {int(med("e2e", "concurrency") or 0)} concurrent clients, each sending 100-event
+requests (20% of events repeated, as client retries) and the next only after its 202 — enough
+requests in flight that the two cores, not the wait for the broker's acknowledgement, are what
+limits the rate.
+
 {e2e_table("e2e")}
 
 ## End to end: the default pipeline (`connectors.yaml`) for {int(med("e2e_full", "seconds") or 0)} s at full speed
