@@ -592,101 +592,104 @@ impl Shape {
             )]);
         };
         let mut errors = Vec::new();
-        let mut lifted: Vec<Option<String>> = Vec::with_capacity(self.fields.len());
-        for f in &self.fields {
-            let p = f.at.text.as_str();
-            lifted.push(match (f.at.get(event), f.format) {
-                (Some(Value::String(s)), FieldFormat::Uuid) => match uuid::Uuid::parse_str(s) {
-                    Ok(u) => Some(u.hyphenated().to_string()),
-                    Err(_) => {
-                        errors.push(err(p, "must be a UUID"));
-                        None
-                    }
-                },
-                (Some(_), FieldFormat::Uuid) => {
-                    errors.push(err(p, "must be a string (a UUID)"));
-                    None
-                }
-                (Some(Value::String(s)), FieldFormat::String) if !s.is_empty() => Some(s.clone()),
-                (Some(_), FieldFormat::String) => {
-                    errors.push(err(p, "must be a non-empty string"));
-                    None
-                }
-                (None, _) => {
-                    errors.push(err(p, "is required"));
-                    None
-                }
-            });
+        // Each check gives its value or what is wrong; a problem is kept with its pointer and
+        // the checks go on, so that one answer names every bad field.
+        fn check<T>(
+            errors: &mut Vec<FieldError>,
+            index: usize,
+            pointer: &str,
+            r: Result<T, &str>,
+        ) -> Option<T> {
+            r.map_err(|m| {
+                errors.push(FieldError {
+                    index,
+                    pointer: pointer.to_string(),
+                    message: m.to_string(),
+                })
+            })
+            .ok()
         }
+        let lifted: Vec<String> = self
+            .fields
+            .iter()
+            .map(|f| {
+                let value = match (f.at.get(event), f.format) {
+                    (Some(Value::String(s)), FieldFormat::Uuid) => uuid::Uuid::parse_str(s)
+                        .map(|u| u.hyphenated().to_string())
+                        .map_err(|_| "must be a UUID"),
+                    (Some(_), FieldFormat::Uuid) => Err("must be a string (a UUID)"),
+                    (Some(Value::String(s)), FieldFormat::String) if !s.is_empty() => Ok(s.clone()),
+                    (Some(_), FieldFormat::String) => Err("must be a non-empty string"),
+                    (None, _) => Err("is required"),
+                };
+                check(&mut errors, index, &f.at.text, value).unwrap_or_default()
+            })
+            .collect();
         let event_type: Option<&'a str> = match &self.event_type {
             EventTypeFrom::Fixed(t) => Some(t),
-            EventTypeFrom::At(p) => match p.get(event) {
-                Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 200 => Some(s),
-                Some(Value::String(_)) => {
-                    errors.push(err(&p.text, "must be 1 to 200 characters"));
-                    None
-                }
-                Some(_) => {
-                    errors.push(err(&p.text, "must be a string"));
-                    None
-                }
-                None => {
-                    errors.push(err(&p.text, "is required"));
-                    None
-                }
-            },
+            EventTypeFrom::At(p) => check(
+                &mut errors,
+                index,
+                &p.text,
+                match p.get(event) {
+                    Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 200 => Ok(s),
+                    Some(Value::String(_)) => Err("must be 1 to 200 characters"),
+                    Some(_) => Err("must be a string"),
+                    None => Err("is required"),
+                },
+            ),
         };
         let (ts_at, ts_value) = self
             .event_time
             .iter()
             .find_map(|p| p.get(event).map(|v| (p, Some(v))))
             .unwrap_or((&self.event_time[0], None));
-        let ts = match ts_value {
-            Some(Value::String(s)) => match parse_timestamp(s) {
-                Some(t) => Some(t),
-                None => {
-                    errors.push(err(&ts_at.text, "must be an RFC 3339 timestamp with an explicit offset or Z, e.g. 2026-11-23T10:00:00Z"));
-                    None
-                }
+        const NOT_RFC_3339: &str =
+            "must be an RFC 3339 timestamp with an explicit offset or Z, e.g. 2026-11-23T10:00:00Z";
+        let ts = check(
+            &mut errors,
+            index,
+            &ts_at.text,
+            match ts_value {
+                Some(Value::String(s)) => parse_timestamp(s).ok_or(NOT_RFC_3339),
+                Some(_) => Err("must be a string (RFC 3339 timestamp)"),
+                None => Err("is required (RFC 3339 with an offset or Z)"),
             },
-            Some(_) => {
-                errors.push(err(&ts_at.text, "must be a string (RFC 3339 timestamp)"));
-                None
-            }
-            None => {
-                errors.push(err(
-                    &ts_at.text,
-                    "is required (RFC 3339 with an offset or Z)",
-                ));
-                None
-            }
-        };
-        let own_payload = match (self.payload, obj.get("payload")) {
-            (PayloadMode::Rest, Some(Value::Object(p))) => Some(p),
-            (PayloadMode::Rest, None | Some(Value::Null)) | (PayloadMode::Event, _) => None,
-            (PayloadMode::Rest, Some(_)) => {
-                errors.push(err("/payload", "must be a JSON object"));
-                None
-            }
-        };
-        let client_key = match self.idempotency_key.get(event) {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Some(s.clone()),
-            Some(_) => {
-                errors.push(err(
-                    &self.idempotency_key.text,
-                    "must be a string of 1 to 200 characters",
-                ));
-                None
-            }
-            None => None,
-        };
+        );
+        let own_payload = check(
+            &mut errors,
+            index,
+            "/payload",
+            match (self.payload, obj.get("payload")) {
+                (PayloadMode::Rest, Some(Value::Object(p))) => Ok(Some(p)),
+                (PayloadMode::Rest, None | Some(Value::Null)) | (PayloadMode::Event, _) => Ok(None),
+                (PayloadMode::Rest, Some(_)) => Err("must be a JSON object"),
+            },
+        )
+        .flatten();
+        let client_key = check(
+            &mut errors,
+            index,
+            &self.idempotency_key.text,
+            match self.idempotency_key.get(event) {
+                Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Ok(Some(s.clone())),
+                Some(_) => Err("must be a string of 1 to 200 characters"),
+                None => Ok(None),
+            },
+        )
+        .flatten();
         let source: &'a str = match self.source.as_ref().and_then(|p| Some((p, p.get(event)?))) {
             None => facts.source,
-            Some((_, Value::String(s))) if !s.is_empty() && s.len() <= 200 => s,
-            Some((p, _)) => {
-                errors.push(err(&p.text, "must be a string of 1 to 200 characters"));
-                ""
-            }
+            Some((p, v)) => check(
+                &mut errors,
+                index,
+                &p.text,
+                match v {
+                    Value::String(s) if !s.is_empty() && s.len() <= 200 => Ok(s.as_str()),
+                    _ => Err("must be a string of 1 to 200 characters"),
+                },
+            )
+            .unwrap_or_default(),
         };
         // Every pointer the key hashes is checked, whichever key the event ends up with. (Only
         // pointer parts are kept here: a shape hashing envelope fields allocates nothing.)
@@ -718,7 +721,7 @@ impl Shape {
                         HashPart::Source => source.as_bytes(),
                         HashPart::EventType => event_type.as_bytes(),
                         HashPart::EventTs => event_ts.as_bytes(),
-                        HashPart::Lifted(i) => lifted[*i].as_deref().unwrap_or_default().as_bytes(),
+                        HashPart::Lifted(i) => lifted[*i].as_bytes(),
                         HashPart::At(_) => at.next().map(|v| v.as_bytes()).unwrap_or_default(),
                     });
                     h.update([0u8]);
@@ -738,7 +741,7 @@ impl Shape {
             trace_id: facts.trace_id,
             source,
             event_type,
-            lifted: lifted.into_iter().map(Option::unwrap_or_default).collect(),
+            lifted,
             event_ts,
             ingested_at: facts.now.to_rfc3339_opts(SecondsFormat::Micros, true),
         })
