@@ -2,17 +2,22 @@
 //! between rdkafka messages and [`Record`]s. The only module (with `runner`) that sees rdkafka.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use connector_core::{Bytes, EmitError, Emitter, Output, Record};
+use futures::task::AtomicWaker;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::{Config, KafkaSettings};
 
@@ -225,19 +230,91 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub type Outgoing<'a> = (&'a str, Option<i32>, &'a Record);
 
 /// The process's producer, shared by sources, transforms and dead-letter routing.
+///
+/// A [`ThreadedProducer`] whose delivery reports are counted per [`enqueue_all`] call
+/// (one shared [`Delivery`] per call) rather than rdkafka's `FutureProducer`, which makes a
+/// oneshot channel per record and wakes its future once per report: in a profile of
+/// HTTP → redis_dedup → postgres_sink the channels and their wake-ups were ~3% of connectd's CPU.
+///
+/// [`enqueue_all`]: SharedProducer::enqueue_all
 #[derive(Clone)]
 pub struct SharedProducer {
-    inner: FutureProducer,
+    inner: Arc<ThreadedProducer<AckContext>>,
     /// Partition counts of the topics records were asked into a partition of, from metadata.
     /// A topic's partitions only grow, so a count read once stays a safe lower bound.
     partitions: Arc<std::sync::Mutex<std::collections::HashMap<String, i32>>>,
+}
+
+/// The producer's context: hands each delivery report to the record's [`Pending`].
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        pending.complete(result.as_ref().err().map(|(e, _)| e.clone()));
+    }
+}
+
+/// The delivery state of one [`SharedProducer::enqueue_all`] call, shared with librdkafka's
+/// delivery callbacks (which run on the producer's polling thread).
+struct Delivery {
+    /// Records whose outcome is not known yet.
+    outstanding: AtomicUsize,
+    /// Records that failed, as (index in the call, error).
+    failures: std::sync::Mutex<Vec<(usize, KafkaError)>>,
+    /// The task waiting in [`Acks::ready`].
+    waker: AtomicWaker,
+}
+
+/// One queued record's share of its call's [`Delivery`]; given to librdkafka as the message's
+/// opaque and back in the delivery callback. Dropped without a report (the producer purged
+/// and destroyed with the record queued), it counts the record as cancelled, so that no
+/// waiter hangs.
+pub struct Pending {
+    delivery: Arc<Delivery>,
+    index: usize,
+    completed: bool,
+}
+
+impl Pending {
+    fn complete(mut self: Box<Self>, error: Option<KafkaError>) {
+        self.completed = true;
+        self.delivery.finish(self.index, error);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.delivery.finish(self.index, Some(KafkaError::Canceled));
+        }
+    }
+}
+
+impl Delivery {
+    fn finish(&self, index: usize, error: Option<KafkaError>) {
+        if let Some(e) = error {
+            lock(&self.failures).push((index, e));
+        }
+        // The failure is pushed before the count drops: whoever sees 0 sees every failure.
+        if self.outstanding.fetch_sub(1, AtomicOrdering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
 }
 
 impl SharedProducer {
     /// Creates the producer.
     pub fn new(k: &KafkaSettings) -> Result<Self, KafkaIoError> {
         Ok(Self {
-            inner: producer_config(k).create().map_err(KafkaIoError::Client)?,
+            inner: Arc::new(
+                producer_config(k)
+                    .create_with_context(AckContext)
+                    .map_err(KafkaIoError::Client)?,
+            ),
             partitions: Arc::default(),
         })
     }
@@ -281,15 +358,24 @@ impl SharedProducer {
     /// A record asked into a partition its topic has goes there; otherwise its key decides.
     pub async fn enqueue_all(&self, records: &[Outgoing<'_>], queue_timeout: Duration) -> Acks {
         let deadline = tokio::time::Instant::now() + queue_timeout;
-        let mut acks = Vec::with_capacity(records.len());
+        let delivery = Arc::new(Delivery {
+            outstanding: AtomicUsize::new(records.len()),
+            failures: std::sync::Mutex::new(Vec::new()),
+            waker: AtomicWaker::new(),
+        });
         // Partition counts of the topics asked into a partition (usually none, or one), read
         // when first needed.
         let mut counts: Vec<(&str, Option<i32>)> = Vec::new();
-        for (topic, partition, r) in records {
-            let mut fr: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(topic).payload(r.value.as_ref());
+        for (index, (topic, partition, r)) in records.iter().enumerate() {
+            let pending = Box::new(Pending {
+                delivery: delivery.clone(),
+                index,
+                completed: false,
+            });
+            let mut br: BaseRecord<'_, [u8], [u8], Box<Pending>> =
+                BaseRecord::with_opaque_to(topic, pending).payload(r.value.as_ref());
             if let Some(k) = &r.key {
-                fr = fr.key(k.as_ref());
+                br = br.key(k.as_ref());
             }
             if let Some(p) = *partition {
                 let n = match counts.iter().find(|(t, _)| t == topic) {
@@ -301,35 +387,35 @@ impl SharedProducer {
                     }
                 };
                 if n.is_some_and(|n| (0..n).contains(&p)) {
-                    fr = fr.partition(p);
+                    br = br.partition(p);
                 }
             }
             if let Some(h) = owned_headers(r) {
-                fr = fr.headers(h);
+                br = br.headers(h);
             }
             if let Some(ts) = r.timestamp_ms {
-                fr = fr.timestamp(ts);
+                br = br.timestamp(ts);
             }
             loop {
-                match self.inner.send_result(fr) {
-                    Ok(f) => {
-                        acks.push(Ok(f));
-                        break;
-                    }
+                match self.inner.send(br) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                         if tokio::time::Instant::now() < deadline =>
                     {
-                        fr = back;
+                        br = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((e, _)) => {
-                        acks.push(Err(e));
+                    Err((e, back)) => {
+                        back.delivery_opaque.complete(Some(e));
                         break;
                     }
                 }
             }
         }
-        Acks::new(acks)
+        Acks {
+            delivery,
+            count: records.len(),
+        }
     }
 
     /// Waits until everything queued is delivered (or the timeout passes).
@@ -350,41 +436,43 @@ impl SharedProducer {
     }
 }
 
-/// Outstanding acknowledgements of records put into the producer's queue, in their order.
+/// Outstanding acknowledgements of the records one [`SharedProducer::enqueue_all`] call put
+/// into the producer's queue.
 pub struct Acks {
-    pending: std::collections::VecDeque<Result<DeliveryFuture, KafkaError>>,
-    results: Vec<Result<(), KafkaError>>,
+    delivery: Arc<Delivery>,
+    count: usize,
 }
 
 impl Acks {
-    fn new(pending: Vec<Result<DeliveryFuture, KafkaError>>) -> Self {
-        Acks {
-            results: Vec::with_capacity(pending.len()),
-            pending: pending.into(),
-        }
-    }
-
-    /// Waits until every acknowledgement is in. Cancel-safe: what arrived is kept, and a later
-    /// call (or [`wait`](Self::wait)) goes on from there.
+    /// Waits until every acknowledgement is in. Cancel-safe: a later call (or
+    /// [`wait`](Self::wait)) goes on from there.
     pub async fn ready(&mut self) {
-        while let Some(front) = self.pending.front_mut() {
-            let r = match front {
-                Ok(f) => match f.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(e),
-                    Err(_) => Err(KafkaError::Canceled),
-                },
-                Err(e) => Err(e.clone()),
-            };
-            self.pending.pop_front();
-            self.results.push(r);
-        }
+        let d = &self.delivery;
+        std::future::poll_fn(|cx| {
+            if d.outstanding.load(AtomicOrdering::Acquire) == 0 {
+                return Poll::Ready(());
+            }
+            d.waker.register(cx.waker());
+            // A report that came between the first look and the registration woke nobody.
+            if d.outstanding.load(AtomicOrdering::Acquire) == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// Waits for every acknowledgement: one result per record, in order.
     pub async fn wait(mut self) -> Vec<Result<(), KafkaError>> {
         self.ready().await;
-        self.results
+        let mut results: Vec<Result<(), KafkaError>> = vec![Ok(()); self.count];
+        for (i, e) in lock(&self.delivery.failures).drain(..) {
+            if let Some(r) = results.get_mut(i) {
+                *r = Err(e);
+            }
+        }
+        results
     }
 }
 
@@ -471,5 +559,72 @@ mod tests {
         let c = producer_config(&k);
         assert_eq!(c.get("compression.codec"), Some("none"));
         assert_eq!(c.get("compression.type"), None);
+    }
+
+    fn acks_of(n: usize) -> (Acks, Vec<Box<Pending>>) {
+        let delivery = Arc::new(Delivery {
+            outstanding: AtomicUsize::new(n),
+            failures: std::sync::Mutex::new(Vec::new()),
+            waker: AtomicWaker::new(),
+        });
+        let pending = (0..n)
+            .map(|index| {
+                Box::new(Pending {
+                    delivery: delivery.clone(),
+                    index,
+                    completed: false,
+                })
+            })
+            .collect();
+        (Acks { delivery, count: n }, pending)
+    }
+
+    #[tokio::test]
+    async fn acks_resolve_after_the_last_report_with_each_failure_at_its_record() {
+        let (mut acks, pending) = acks_of(4);
+        let mut reports = pending.into_iter();
+        let (Some(ok), Some(too_large), Some(purged), Some(last)) = (
+            reports.next(),
+            reports.next(),
+            reports.next(),
+            reports.next(),
+        ) else {
+            panic!("four records")
+        };
+        ok.complete(None);
+        too_large.complete(Some(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        )));
+        // A record dropped without a report (purged with the producer) counts as cancelled.
+        drop(purged);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), acks.ready())
+                .await
+                .is_err(),
+            "one report is still outstanding"
+        );
+        let waiter = tokio::spawn(acks.wait());
+        tokio::task::yield_now().await;
+        std::thread::spawn(move || last.complete(None)).join().ok();
+        let results = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the last report")
+            .expect("waiter");
+        assert_eq!(results.len(), 4);
+        assert!(results[0].is_ok() && results[3].is_ok());
+        assert_eq!(
+            results[1]
+                .as_ref()
+                .err()
+                .and_then(KafkaError::rdkafka_error_code),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge)
+        );
+        assert!(matches!(results[2], Err(KafkaError::Canceled)));
+    }
+
+    #[tokio::test]
+    async fn acks_of_nothing_are_ready_at_once() {
+        let (acks, _) = acks_of(0);
+        assert!(acks.wait().await.is_empty());
     }
 }
