@@ -17,8 +17,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// * HTTP → redis_dedup → postgres_sink under full load: with 200 ms jemalloc returned and
 ///   re-faulted pages all the time (~13k page faults and ~1k `madvise` calls a second, each
 ///   `madvise` a TLB shoot-down across the threads) and connectd spent ~15–20% more CPU per
-///   event than with 2 s, which is within noise of 10 s.
-/// 0 ms cost ~45% more CPU.
+///   event than with 2 s, which is within noise of 10 s;
+/// * 0 ms cost ~45% more CPU.
 #[allow(unsafe_code)] // an exported name on a plain static: nothing unsafe is executed
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]

@@ -254,7 +254,7 @@ impl ProducerContext for AckContext {
     type DeliveryOpaque = Box<Pending>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
-        pending.complete(result.as_ref().err().map(|(e, _)| e.clone()));
+        (*pending).complete(result.as_ref().err().map(|(e, _)| e.clone()));
     }
 }
 
@@ -280,7 +280,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    fn complete(mut self: Box<Self>, error: Option<KafkaError>) {
+    fn complete(mut self, error: Option<KafkaError>) {
         self.completed = true;
         self.delivery.finish(self.index, error);
     }
@@ -406,7 +406,7 @@ impl SharedProducer {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((e, back)) => {
-                        back.delivery_opaque.complete(Some(e));
+                        (*back.delivery_opaque).complete(Some(e));
                         break;
                     }
                 }
@@ -561,19 +561,17 @@ mod tests {
         assert_eq!(c.get("compression.type"), None);
     }
 
-    fn acks_of(n: usize) -> (Acks, Vec<Box<Pending>>) {
+    fn acks_of(n: usize) -> (Acks, Vec<Pending>) {
         let delivery = Arc::new(Delivery {
             outstanding: AtomicUsize::new(n),
             failures: std::sync::Mutex::new(Vec::new()),
             waker: AtomicWaker::new(),
         });
         let pending = (0..n)
-            .map(|index| {
-                Box::new(Pending {
-                    delivery: delivery.clone(),
-                    index,
-                    completed: false,
-                })
+            .map(|index| Pending {
+                delivery: delivery.clone(),
+                index,
+                completed: false,
             })
             .collect();
         (Acks { delivery, count: n }, pending)
