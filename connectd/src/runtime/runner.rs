@@ -1011,22 +1011,27 @@ impl Runner {
     fn take_records(&mut self, records: Vec<Record>) {
         let n_slots = self.slots.len();
         let now = Instant::now();
+        let mut taken = 0;
+        // One lock for the whole burst (the rebalance callbacks take it too, briefly); the
+        // generation is read under it, so a revocation is seen before or after the burst.
+        let mut parts = self.shared.lock();
+        let current = self.shared.generation.load(Ordering::SeqCst);
         for record in records {
             let Some(o) = &record.origin else { continue };
-            let tp = (o.topic.clone(), o.partition);
-            let offset = o.offset;
-            let current = self.shared.generation.load(Ordering::SeqCst);
-            let tracked = match self.shared.lock().get_mut(&tp) {
+            let (partition, offset) = (o.partition, o.offset);
+            let tracked = match parts.get_mut(&(o.topic.clone(), partition)) {
                 Some(p) if p.generation == current => p.tracker.track(offset),
                 _ => false,
             };
             if tracked {
-                self.handle.metrics.records_in.inc();
-                self.slots[slot_of(tp.1, n_slots)].push(record, now);
+                taken += 1;
+                self.slots[slot_of(partition, n_slots)].push(record, now);
             } else {
-                tracing::debug!(connector = %self.name, topic = %tp.0, partition = tp.1, offset, "ignoring a record of a partition not (or no longer) assigned");
+                tracing::debug!(connector = %self.name, topic = %o.topic, partition, offset, "ignoring a record of a partition not (or no longer) assigned");
             }
         }
+        drop(parts);
+        self.handle.metrics.records_in.add(taken);
     }
 
     /// Stop: no new batches. Waits (bounded by the shutdown timeout) for in-flight batches,
