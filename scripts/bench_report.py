@@ -154,6 +154,10 @@ full_acc = accepted_rates("e2e_full")
 
 # The default pipeline's connectors in the order events pass them.
 STAGES = ["ingest", "dedup", "enrich", "store", "archive", "activity", "per-minute", "daily-active", "dead-letters"]
+# The figures of an earlier committed run (scripts/bench_before.json), shown beside this run's as
+# "before" so that a change's effect on the split and the profile stays in view.
+BEFORE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_before.json")
+BEFORE = json.load(open(BEFORE_PATH)) if os.path.exists(BEFORE_PATH) else {}
 UNATTRIBUTED = "runtime work of no connector's task (Redis and PostgreSQL connection drivers, timers, admin API)"
 LIBRDKAFKA = "librdkafka's own threads (every stage's consumer and the shared producer)"
 
@@ -193,12 +197,25 @@ def stage_table():
     def polls(name):
         v = [r["polls"][name] / r["records"] for r in by.get("e2e_full_stats", []) if name in (r.get("polls") or {}) and r.get("records")]
         return "" if not v else f"{statistics.median(v):.2f}"
-    lines = ["| connector | HTTP → redis_dedup → postgres_sink | the default pipeline | polls per event (default pipeline) |", "| --- | --- | --- | --- |"]
+    before = BEFORE.get("stages", {})
+    def was(sec, name):
+        key = {UNATTRIBUTED: "unattributed", LIBRDKAFKA: "librdkafka"}.get(name, name)
+        v = before.get(sec, {}).get(key)
+        return "—" if v is None else f"{v:.2f}"
+    if before:
+        lines = ["| connector | HTTP → redis_dedup → postgres_sink | before | the default pipeline | before | polls per event (default pipeline) |", "| --- | --- | --- | --- | --- | --- |"]
+    else:
+        lines = ["| connector | HTTP → redis_dedup → postgres_sink | the default pipeline | polls per event (default pipeline) |", "| --- | --- | --- | --- |"]
     for n in names:
         label = f"`{n}`" if n in STAGES or n not in (UNATTRIBUTED, LIBRDKAFKA, "total") else n
         if n == "total":
             label = "**connectd, total**"
-        lines.append(f"| {label} | {cell('e2e', n)} | {cell('e2e_full', n)} | {polls(n)} |")
+        if before:
+            lines.append(f"| {label} | {cell('e2e', n)} | {was('e2e', n)} | {cell('e2e_full', n)} | {was('e2e_full', n)} | {polls(n)} |")
+        else:
+            lines.append(f"| {label} | {cell('e2e', n)} | {cell('e2e_full', n)} | {polls(n)} |")
+    if before:
+        lines.append(f"\n\"before\": {BEFORE.get('what', 'an earlier run')}.")
     return "\n".join(lines)
 
 
@@ -224,9 +241,22 @@ def profile_section():
         return "(not measured in this run: `perf` was not available)"
     r = runs[-1]
     total = us("e2e_full_stats", "cpu_seconds")
-    lines = ["| code | share of connectd's samples | ≈ µs per accepted event |", "| --- | --- | --- |"]
+    was = BEFORE.get("profile_percent", {})
+    was_total = BEFORE.get("stages", {}).get("e2e_full", {}).get("total")
+    def us_of(t, p):
+        return "—" if t is None or p is None else f"{t * p / 100:.1f}"
+    if was:
+        lines = ["| code | share of connectd's samples | before | ≈ µs per accepted event | before |", "| --- | --- | --- | --- | --- |"]
+    else:
+        lines = ["| code | share of connectd's samples | ≈ µs per accepted event |", "| --- | --- | --- |"]
     for name, pct_ in r["samples_percent"].items():
-        lines.append(f"| {name} | {pct_:.1f}% | {'—' if total is None else f'{total * pct_ / 100:.1f}'} |")
+        if was:
+            w = was.get(name)
+            lines.append(f"| {name} | {pct_:.1f}% | {'—' if w is None else f'{w:.1f}%'} | {us_of(total, pct_)} | {us_of(was_total, w)} |")
+        else:
+            lines.append(f"| {name} | {pct_:.1f}% | {us_of(total, pct_)} |")
+    if was:
+        lines.append(f"\n\"before\": {BEFORE.get('what', 'an earlier run')}.")
     top = "\n".join(f"| {p:.1f}% | `{sym.replace('|', '∣')}` | {g} |" for p, sym, g in r.get("top", [])[:12])
     return "\n".join(lines) + f"""
 
