@@ -1,8 +1,9 @@
 //! Request bodies → validated events → envelopes (SPEC §2, §6).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+
+use super::doc::Doc;
 
 /// Why a body could not be read as events at all (→ 400 or 413).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +80,13 @@ fn json_error(e: &serde_json::Error, line_offset: usize) -> BodyError {
     }
 }
 
-/// Parses a body: a JSON object, a JSON array of objects, or NDJSON (one object per line).
-pub fn parse_body(body: &[u8], ndjson: bool, max_events: usize) -> Result<Vec<Value>, BodyError> {
+/// Parses a body: a JSON object, a JSON array of objects, or NDJSON (one object per line), into
+/// `serde_json::Value`s or borrowed [`Json`](super::doc::Json) trees ([`Doc`]).
+pub fn parse_body<'a, D: Doc + Deserialize<'a>>(
+    body: &'a [u8],
+    ndjson: bool,
+    max_events: usize,
+) -> Result<Vec<D>, BodyError> {
     let text = std::str::from_utf8(body).map_err(|e| BodyError::Utf8 {
         position: e.valid_up_to(),
     })?;
@@ -102,17 +108,19 @@ pub fn parse_body(body: &[u8], ndjson: bool, max_events: usize) -> Result<Vec<Va
                     got,
                 });
             }
-            out.push(serde_json::from_str::<Value>(line).map_err(|e| json_error(&e, i))?);
+            out.push(serde_json::from_str::<D>(line).map_err(|e| json_error(&e, i))?);
         }
         out
     } else {
-        match serde_json::from_str::<Value>(text).map_err(|e| json_error(&e, 0))? {
-            Value::Array(items) => items,
-            obj @ Value::Object(_) => vec![obj],
-            other => {
+        match serde_json::from_str::<D>(text)
+            .map_err(|e| json_error(&e, 0))?
+            .into_events()
+        {
+            Ok(events) => events,
+            Err(other) => {
                 return Err(BodyError::Shape(format!(
                     "body must be a JSON object or an array of objects, not {}",
-                    kind(&other)
+                    other.kind()
                 )))
             }
         }
@@ -127,18 +135,6 @@ pub fn parse_body(body: &[u8], ndjson: bool, max_events: usize) -> Result<Vec<Va
         });
     }
     Ok(events)
-}
-
-/// What kind of JSON value `v` is, for messages (`"an array"`).
-pub(crate) fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// One problem with one event (→ 400 body).
@@ -178,9 +174,10 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::doc::Json;
     use crate::http::shape::tests::{run, Out};
     use crate::http::shape::{Shape, ShapeConfig};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     /// The growth shape, as an `http_source` without `shape:` applies it.
     pub(super) fn envelope(
@@ -320,41 +317,44 @@ mod tests {
 
     #[test]
     fn bodies_object_array_ndjson_and_errors() {
-        assert_eq!(parse_body(br#"{"a":1}"#, false, 10).map(|v| v.len()), Ok(1));
-        assert_eq!(
-            parse_body(br#"[{"a":1},{"b":2}]"#, false, 10).map(|v| v.len()),
-            Ok(2)
-        );
-        assert_eq!(
-            parse_body(b"{\"a\":1}\n\n{\"b\":2}\n", true, 10).map(|v| v.len()),
-            Ok(2)
-        );
-        assert_eq!(parse_body(b"[]", false, 10), Err(BodyError::Empty));
-        assert_eq!(
-            parse_body(b"[1,2,3]", false, 2),
-            Err(BodyError::TooMany { max: 2, got: 3 })
-        );
-        assert!(matches!(
-            parse_body(b"{\"a\":", false, 10),
-            Err(BodyError::Json { line: 1, .. })
-        ));
-        assert!(matches!(
-            parse_body(b"{}\n{oops}", true, 10),
-            Err(BodyError::Json { line: 2, .. })
-        ));
-        assert_eq!(
-            parse_body(b"{\"a\":\"\xff\"}", false, 10),
-            Err(BodyError::Utf8 { position: 6 })
-        );
-        assert!(matches!(
-            parse_body(b"42", false, 10),
-            Err(BodyError::Shape(_))
-        ));
-        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-        assert!(matches!(
-            parse_body(deep.as_bytes(), false, 10),
-            Err(BodyError::Json { .. })
-        ));
+        // Both documents the source parses into read bodies alike.
+        let value =
+            |b: &[u8], nd: bool, max: usize| parse_body::<Value>(b, nd, max).map(|v| v.len());
+        let json =
+            |b: &[u8], nd: bool, max: usize| parse_body::<Json<'_>>(b, nd, max).map(|v| v.len());
+        type Parser<'f> = &'f dyn Fn(&[u8], bool, usize) -> Result<usize, BodyError>;
+        let parsers: [Parser<'_>; 2] = [&value, &json];
+        for parse_body in parsers {
+            assert_eq!(parse_body(br#"{"a":1}"#, false, 10), Ok(1));
+            assert_eq!(parse_body(br#"[{"a":1},{"b":2}]"#, false, 10), Ok(2));
+            assert_eq!(parse_body(b"{\"a\":1}\n\n{\"b\":2}\n", true, 10), Ok(2));
+            assert_eq!(parse_body(b"[]", false, 10), Err(BodyError::Empty));
+            assert_eq!(
+                parse_body(b"[1,2,3]", false, 2),
+                Err(BodyError::TooMany { max: 2, got: 3 })
+            );
+            assert!(matches!(
+                parse_body(b"{\"a\":", false, 10),
+                Err(BodyError::Json { line: 1, .. })
+            ));
+            assert!(matches!(
+                parse_body(b"{}\n{oops}", true, 10),
+                Err(BodyError::Json { line: 2, .. })
+            ));
+            assert_eq!(
+                parse_body(b"{\"a\":\"\xff\"}", false, 10),
+                Err(BodyError::Utf8 { position: 6 })
+            );
+            assert!(matches!(
+                parse_body(b"42", false, 10),
+                Err(BodyError::Shape(_))
+            ));
+            let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+            assert!(matches!(
+                parse_body(deep.as_bytes(), false, 10),
+                Err(BodyError::Json { .. })
+            ));
+        }
     }
 
     #[test]
@@ -383,7 +383,9 @@ mod tests {
 mod proptests {
     use super::tests::envelope;
     use super::*;
+    use crate::http::doc::Json;
     use proptest::prelude::*;
+    use serde_json::Value;
 
     fn facts() -> RequestFacts<'static> {
         RequestFacts {
@@ -427,7 +429,8 @@ mod proptests {
     proptest! {
         #[test]
         fn parse_body_never_panics_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512), nd in any::<bool>()) {
-            let _ = parse_body(&body, nd, 10);
+            let _ = parse_body::<Value>(&body, nd, 10);
+            let _ = parse_body::<Json<'_>>(&body, nd, 10);
         }
 
         #[test]

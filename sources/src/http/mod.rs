@@ -30,6 +30,7 @@
 
 mod auth;
 pub mod contracts;
+pub mod doc;
 mod edge;
 mod encoding;
 pub mod event;

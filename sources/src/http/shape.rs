@@ -61,10 +61,11 @@ use chrono::SecondsFormat;
 use schemars::JsonSchema;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::event::{kind, parse_timestamp, FieldError, RequestFacts};
+use super::doc::Doc;
+use super::event::{parse_timestamp, FieldError, RequestFacts};
 use connector_core::ConfigIssue;
 
 /// A declared event shape (see the [module docs](self)).
@@ -356,17 +357,15 @@ impl Pointer {
     }
 
     /// The value at this pointer (RFC 6901, as `serde_json::Value::pointer`).
-    fn get<'a>(&self, mut v: &'a Value) -> Option<&'a Value> {
+    fn get<'a, D: Doc>(&self, mut v: &'a D) -> Option<&'a D> {
         for t in &self.tokens {
-            v = match v {
-                Value::Object(m) => m.get(t)?,
-                Value::Array(a) => {
-                    if t.starts_with('+') || (t.len() > 1 && t.starts_with('0')) {
-                        return None;
-                    }
-                    a.get(t.parse::<usize>().ok()?)?
+            v = if v.is_object() {
+                v.member(t)?
+            } else {
+                if t.starts_with('+') || (t.len() > 1 && t.starts_with('0')) {
+                    return None;
                 }
-                _ => return None,
+                v.element(t.parse::<usize>().ok()?)?
             };
         }
         Some(v)
@@ -574,23 +573,23 @@ impl Shape {
 
     /// Checks one event against the shape and builds its envelope; every problem is named with
     /// its pointer.
-    pub fn envelope<'a>(
+    pub fn envelope<'a, D: Doc>(
         &'a self,
         index: usize,
-        event: &'a Value,
+        event: &'a D,
         facts: &RequestFacts<'a>,
-    ) -> Result<Enveloped<'a>, Vec<FieldError>> {
+    ) -> Result<Enveloped<'a, D>, Vec<FieldError>> {
         let err = |pointer: &str, message: &str| FieldError {
             index,
             pointer: pointer.to_string(),
             message: message.to_string(),
         };
-        let Some(obj) = event.as_object() else {
+        if !event.is_object() {
             return Err(vec![err(
                 "",
-                &format!("event must be a JSON object, not {}", kind(event)),
+                &format!("event must be a JSON object, not {}", event.kind()),
             )]);
-        };
+        }
         let mut errors = Vec::new();
         // Each check gives its value or what is wrong; a problem is kept with its pointer and
         // the checks go on, so that one answer names every bad field.
@@ -613,12 +612,13 @@ impl Shape {
             .fields
             .iter()
             .map(|f| {
-                let value = match (f.at.get(event), f.format) {
-                    (Some(Value::String(s)), FieldFormat::Uuid) => uuid::Uuid::parse_str(s)
+                let at = f.at.get(event);
+                let value = match (at.map(|v| v.as_str()), f.format) {
+                    (Some(Some(s)), FieldFormat::Uuid) => uuid::Uuid::parse_str(s)
                         .map(|u| u.hyphenated().to_string())
                         .map_err(|_| "must be a UUID"),
                     (Some(_), FieldFormat::Uuid) => Err("must be a string (a UUID)"),
-                    (Some(Value::String(s)), FieldFormat::String) if !s.is_empty() => Ok(s.clone()),
+                    (Some(Some(s)), FieldFormat::String) if !s.is_empty() => Ok(s.to_string()),
                     (Some(_), FieldFormat::String) => Err("must be a non-empty string"),
                     (None, _) => Err("is required"),
                 };
@@ -631,10 +631,10 @@ impl Shape {
                 &mut errors,
                 index,
                 &p.text,
-                match p.get(event) {
-                    Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 200 => Ok(s),
-                    Some(Value::String(_)) => Err("must be 1 to 200 characters"),
-                    Some(_) => Err("must be a string"),
+                match p.get(event).map(|v| v.as_str()) {
+                    Some(Some(s)) if !s.is_empty() && s.chars().count() <= 200 => Ok(s),
+                    Some(Some(_)) => Err("must be 1 to 200 characters"),
+                    Some(None) => Err("must be a string"),
                     None => Err("is required"),
                 },
             ),
@@ -650,9 +650,9 @@ impl Shape {
             &mut errors,
             index,
             &ts_at.text,
-            match ts_value {
-                Some(Value::String(s)) => parse_timestamp(s).ok_or(NOT_RFC_3339),
-                Some(_) => Err("must be a string (RFC 3339 timestamp)"),
+            match ts_value.map(|v| v.as_str()) {
+                Some(Some(s)) => parse_timestamp(s).ok_or(NOT_RFC_3339),
+                Some(None) => Err("must be a string (RFC 3339 timestamp)"),
                 None => Err("is required (RFC 3339 with an offset or Z)"),
             },
         );
@@ -660,10 +660,10 @@ impl Shape {
             &mut errors,
             index,
             "/payload",
-            match (self.payload, obj.get("payload")) {
-                (PayloadMode::Rest, Some(Value::Object(p))) => Ok(Some(p)),
-                (PayloadMode::Rest, None | Some(Value::Null)) | (PayloadMode::Event, _) => Ok(None),
-                (PayloadMode::Rest, Some(_)) => Err("must be a JSON object"),
+            match (self.payload, event.member("payload")) {
+                (PayloadMode::Rest, Some(p)) if p.is_object() => Ok(Some(p)),
+                (PayloadMode::Rest, Some(p)) if !p.is_null() => Err("must be a JSON object"),
+                (PayloadMode::Rest, _) | (PayloadMode::Event, _) => Ok(None),
             },
         )
         .flatten();
@@ -671,8 +671,8 @@ impl Shape {
             &mut errors,
             index,
             &self.idempotency_key.text,
-            match self.idempotency_key.get(event) {
-                Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Ok(Some(s.clone())),
+            match self.idempotency_key.get(event).map(|v| v.as_str()) {
+                Some(Some(s)) if !s.is_empty() && s.len() <= 200 => Ok(Some(s.to_string())),
                 Some(_) => Err("must be a string of 1 to 200 characters"),
                 None => Ok(None),
             },
@@ -684,8 +684,8 @@ impl Shape {
                 &mut errors,
                 index,
                 &p.text,
-                match v {
-                    Value::String(s) if !s.is_empty() && s.len() <= 200 => Ok(s.as_str()),
+                match v.as_str() {
+                    Some(s) if !s.is_empty() && s.len() <= 200 => Ok(s),
                     _ => Err("must be a string of 1 to 200 characters"),
                 },
             )
@@ -736,7 +736,6 @@ impl Shape {
             schema_version: 1,
             shape: self,
             event,
-            object: obj,
             own_payload,
             trace_id: facts.trace_id,
             source,
@@ -749,7 +748,10 @@ impl Shape {
 
     /// The partition key: each entry — an envelope field name, or a JSON pointer into the event
     /// as sent — joined with `|`. A pointer with no scalar value is the event's error (`Err`).
-    pub fn partition_key(&self, env: &Enveloped<'_>) -> Result<String, (String, &'static str)> {
+    pub fn partition_key<D: Doc>(
+        &self,
+        env: &Enveloped<'_, D>,
+    ) -> Result<String, (String, &'static str)> {
         let mut key = String::new();
         for (i, part) in self.partition.iter().enumerate() {
             if i > 0 {
@@ -777,7 +779,7 @@ impl Shape {
 /// order, the payload written straight from the event: nothing of the event is copied into an
 /// intermediate JSON tree.
 #[derive(Debug, Clone)]
-pub struct Enveloped<'a> {
+pub struct Enveloped<'a, D = Value> {
     /// Position of the event in its request.
     pub index: usize,
     /// The idempotency key.
@@ -787,12 +789,10 @@ pub struct Enveloped<'a> {
     /// `schema_version`: 1, or the version of the contract the payload was checked against.
     pub schema_version: u32,
     shape: &'a Shape,
-    /// The event as sent.
-    event: &'a Value,
-    /// The same, as the object it must be.
-    object: &'a Map<String, Value>,
+    /// The event as sent (an object).
+    event: &'a D,
     /// `payload: rest`: the event's own `payload` object, when it has one.
-    own_payload: Option<&'a Map<String, Value>>,
+    own_payload: Option<&'a D>,
     trace_id: &'a str,
     source: &'a str,
     event_type: &'a str,
@@ -802,30 +802,31 @@ pub struct Enveloped<'a> {
     ingested_at: String,
 }
 
-impl<'a> Enveloped<'a> {
+impl<'a, D: Doc> Enveloped<'a, D> {
     /// The event type.
     pub fn event_type(&self) -> &'a str {
         self.event_type
     }
 
-    /// The envelope's `payload` as a JSON value: the event itself (`payload: event`), or the
-    /// object `payload: rest` makes (built here, for the contracts that validate it).
-    pub fn payload(&self) -> Cow<'a, Value> {
-        match self.shape.payload {
-            PayloadMode::Event => Cow::Borrowed(self.event),
+    /// The envelope's `payload` as a `serde_json::Value`: the event itself (`payload: event`),
+    /// or the object `payload: rest` makes (built here, for the contracts that validate it).
+    /// `None` when the event was not parsed as a `Value` (see [`Doc::as_value`]).
+    pub fn payload(&self) -> Option<Cow<'a, Value>> {
+        Some(match self.shape.payload {
+            PayloadMode::Event => Cow::Borrowed(self.event.as_value()?),
             PayloadMode::Rest => Cow::Owned(Value::Object(
                 self.rest()
                     .entries()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                    .map(|(k, v)| Some((k.to_string(), v.as_value()?.clone())))
+                    .collect::<Option<_>>()?,
             )),
-        }
+        })
     }
 
-    fn rest(&self) -> Rest<'a> {
+    fn rest(&self) -> Rest<'a, D> {
         Rest {
             own: self.own_payload,
-            event: self.object,
+            event: self.event,
             read: &self.shape.read,
         }
     }
@@ -836,7 +837,7 @@ impl<'a> Enveloped<'a> {
     }
 }
 
-impl Serialize for Enveloped<'_> {
+impl<D: Doc> Serialize for Enveloped<'_, D> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.shape.members.len()))?;
         for member in &self.shape.members {
@@ -867,23 +868,36 @@ impl Serialize for Enveloped<'_> {
 
 /// `payload: rest`: the event's own `payload` members and every other top-level member the
 /// shape does not read (an own member wins), merged in name order.
-#[derive(Clone, Copy)]
-struct Rest<'a> {
-    own: Option<&'a Map<String, Value>>,
-    event: &'a Map<String, Value>,
+struct Rest<'a, D> {
+    own: Option<&'a D>,
+    event: &'a D,
     read: &'a [String],
 }
 
-impl<'a> Rest<'a> {
-    /// The members, in name order when both maps iterate in name order (serde_json's default
-    /// map); otherwise the own members' order, then the event's.
-    fn entries(self) -> impl Iterator<Item = (&'a String, &'a Value)> {
-        let mut own = self.own.into_iter().flatten().peekable();
+impl<D> Clone for Rest<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D> Copy for Rest<'_, D> {}
+
+impl<'a, D: Doc> Rest<'a, D> {
+    /// The members, in name order (both documents keep an object's members in name order).
+    fn entries(self) -> impl Iterator<Item = (&'a str, &'a D)> {
+        let mut own = self
+            .own
+            .and_then(Doc::members)
+            .into_iter()
+            .flatten()
+            .peekable();
         let mut rest = self
             .event
-            .iter()
+            .members()
+            .into_iter()
+            .flatten()
             .filter(move |(k, _)| {
-                !self.read.iter().any(|r| r == *k) && !self.own.is_some_and(|o| o.contains_key(*k))
+                !self.read.iter().any(|r| r.as_str() == *k)
+                    && self.own.is_none_or(|o| o.member(k).is_none())
             })
             .peekable();
         std::iter::from_fn(move || match (own.peek(), rest.peek()) {
@@ -894,7 +908,7 @@ impl<'a> Rest<'a> {
     }
 }
 
-impl Serialize for Rest<'_> {
+impl<D: Doc> Serialize for Rest<'_, D> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
         for (k, v) in self.entries() {
@@ -905,12 +919,15 @@ impl Serialize for Rest<'_> {
 }
 
 /// The text of a scalar at `pointer` in `event`, or why there is none.
-fn scalar<'a>(event: &'a Value, pointer: &Pointer) -> Result<Cow<'a, str>, &'static str> {
+fn scalar<'a, D: Doc>(event: &'a D, pointer: &Pointer) -> Result<Cow<'a, str>, &'static str> {
     match pointer.get(event) {
-        Some(Value::String(s)) => Ok(Cow::Borrowed(s)),
-        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Cow::Owned(v.to_string())),
-        None | Some(Value::Null) => Err("is required"),
-        Some(_) => Err("must be a string, a number or a boolean"),
+        None => Err("is required"),
+        Some(v) => match (v.as_str(), v.scalar_text()) {
+            (Some(s), _) => Ok(Cow::Borrowed(s)),
+            (None, Some(t)) => Ok(Cow::Owned(t)),
+            (None, None) if v.is_null() => Err("is required"),
+            (None, None) => Err("must be a string, a number or a boolean"),
+        },
     }
 }
 
@@ -930,22 +947,41 @@ pub(crate) mod tests {
         pub partition_key: Result<String, (String, &'static str)>,
     }
 
-    /// Applies `shape` to one event.
+    /// Applies `shape` to one event, parsed as a `serde_json::Value` and, from its JSON text,
+    /// as a borrowed [`Json`](crate::http::doc::Json): both must give the same answer (what
+    /// the source produces does not depend on which document it parsed into).
     pub(crate) fn run(
         shape: &Shape,
         index: usize,
         event: &Value,
         facts: &RequestFacts<'_>,
     ) -> Result<Out, Vec<FieldError>> {
-        shape.envelope(index, event, facts).map(|e| {
-            let json = serde_json::to_string(&e).expect("an envelope serialises");
-            Out {
-                idempotency_key: e.idempotency_key.clone(),
-                envelope: serde_json::from_str(&json).expect("valid JSON"),
-                partition_key: shape.partition_key(&e),
-                json,
-            }
-        })
+        fn out<D: Doc>(
+            shape: &Shape,
+            index: usize,
+            event: &D,
+            facts: &RequestFacts<'_>,
+        ) -> Result<Out, Vec<FieldError>> {
+            shape.envelope(index, event, facts).map(|e| {
+                let json = serde_json::to_string(&e).expect("an envelope serialises");
+                Out {
+                    idempotency_key: e.idempotency_key.clone(),
+                    envelope: serde_json::from_str(&json).expect("valid JSON"),
+                    partition_key: shape.partition_key(&e),
+                    json,
+                }
+            })
+        }
+        let text = serde_json::to_string(event).expect("a Value serialises");
+        let borrowed: crate::http::doc::Json<'_> =
+            serde_json::from_str(&text).expect("its own JSON parses");
+        let by_value = out(shape, index, event, facts);
+        assert_eq!(
+            out(shape, index, &borrowed, facts),
+            by_value,
+            "the borrowed document answers as the Value"
+        );
+        by_value
     }
 
     fn orders() -> ShapeConfig {
