@@ -638,8 +638,17 @@ async fn accept<D: Doc + Sync>(
     let mut bad: Vec<FieldError> = Vec::new();
     for (i, ev) in events.iter().enumerate() {
         let mut errs = Vec::new();
-        if let (Some(schema), Some(ev)) = (&s.schema, ev.as_value()) {
-            for e in schema.iter_errors(ev) {
+        if let Some(schema) = &s.schema {
+            // `ingest` parses into `Value`s whenever a schema is set; never skip it silently.
+            let Some(value) = ev.as_value() else {
+                bad.push(FieldError {
+                    index: i,
+                    pointer: String::new(),
+                    message: "internal: the JSON Schema needs the event as a JSON value".into(),
+                });
+                continue;
+            };
+            for e in schema.iter_errors(value) {
                 errs.push(FieldError {
                     index: i,
                     pointer: e.instance_path().as_str().to_string(),
