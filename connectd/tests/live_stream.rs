@@ -422,15 +422,18 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
         "the reader got every envelope"
     );
 
-    let (_, m) = inst.c.get("/metrics").await;
-    assert_eq!(
-        metric(
-            &m,
-            &format!("connectd_stream_slow_closes_total{{connector=\"{name}\"}}")
-        ),
-        1,
-        "the stalled client was closed"
-    );
+    // The stalled client is closed once a send to it has waited `write_timeout` (2 s): that
+    // can come after the reader got everything when the events went through quickly.
+    let slow = format!("connectd_stream_slow_closes_total{{connector=\"{name}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let m = loop {
+        let (_, m) = inst.c.get("/metrics").await;
+        if metric(&m, &slow) >= 1 || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(metric(&m, &slow), 1, "the stalled client was closed");
     assert_eq!(
         metric(
             &m,
