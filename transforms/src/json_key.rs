@@ -42,12 +42,17 @@ pub enum KeyError {
 
 /// The key at `path` in `json` (a non-empty string, or a number in its JSON spelling).
 pub fn find_key(json: &[u8], path: &KeyPath) -> Result<String, KeyError> {
+    find_key_in(json, path).map(Cow::into_owned)
+}
+
+/// [`find_key`] without the copy: the key is borrowed from `json` unless it had escapes.
+pub fn find_key_in<'a>(json: &'a [u8], path: &KeyPath) -> Result<Cow<'a, str>, KeyError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let found = Seek(&path.0)
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
         .map_err(|e| KeyError::InvalidJson(e.to_string()))?;
-    found.map(Cow::into_owned).ok_or(KeyError::Missing)
+    found.ok_or(KeyError::Missing)
 }
 
 /// An object member's name, borrowed from the input unless it has escapes. (serde's own
@@ -327,6 +332,22 @@ mod tests {
         assert!(matches!(
             key(r#"{"k":"a","x":}"#, "k"),
             Err(KeyError::InvalidJson(_))
+        ));
+    }
+
+    #[test]
+    fn keys_without_escapes_are_borrowed() {
+        let path = KeyPath::parse("/a/k");
+        let plain = br#"{"a":{"k":"abc"}}"#;
+        assert!(matches!(
+            find_key_in(plain, &path),
+            Ok(Cow::Borrowed("abc"))
+        ));
+        let escaped = br#"{"a":{"k":"a\nc"}}"#;
+        assert!(matches!(find_key_in(escaped, &path), Ok(Cow::Owned(k)) if k == "a\nc"));
+        assert!(matches!(
+            find_key_in(br#"{"a":{"k":7}}"#, &path).as_deref(),
+            Ok("7")
         ));
     }
 

@@ -228,6 +228,11 @@ fn raw_text(raw: &serde_json::value::RawValue) -> Option<String> {
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'n') => None,
+        // A raw value is valid JSON already: a string without a backslash is its own text
+        // between the quotes (no second parse; this runs once per column of every row).
+        Some(b'"') if text.len() >= 2 && !text.as_bytes().contains(&b'\\') => {
+            Some(text[1..text.len() - 1].to_string())
+        }
         Some(b'"') => serde_json::from_str::<std::borrow::Cow<'_, str>>(text)
             .ok()
             .map(|s| s.into_owned()),

@@ -26,7 +26,7 @@
 //! `evicted_keys` in its status so that eviction is visible. Redis Cluster is not supported yet
 //! (a `redis://` URL of one node or a proxy only).
 
-pub use crate::json_key::{find_key, KeyError, KeyPath};
+pub use crate::json_key::{find_key, find_key_in, KeyError, KeyPath};
 
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
@@ -176,25 +176,29 @@ impl RedisDedup {
         let window_ms = self.config.window.as_std().as_millis().max(1) as u64;
         for attempt in 0..2 {
             let method = self.method().await?;
-            let mut pipe = redis::pipe();
+            let mut pipe = redis::Pipeline::with_capacity(keys.len());
             for (k, coords) in keys {
+                // Sized up front: growing each command's buffers cost a few reallocations
+                // per record.
+                let mut cmd = redis::Cmd::with_capacity(7, k.len() + coords.len() + 64);
                 match &method {
-                    Method::SetNxGet => pipe
-                        .cmd("SET")
+                    Method::SetNxGet => cmd
+                        .arg("SET")
                         .arg(k)
                         .arg(coords)
                         .arg("NX")
                         .arg("GET")
                         .arg("PX")
                         .arg(window_ms),
-                    Method::Script(sha) => pipe
-                        .cmd("EVALSHA")
+                    Method::Script(sha) => cmd
+                        .arg("EVALSHA")
                         .arg(sha)
                         .arg(1)
                         .arg(k)
                         .arg(coords)
                         .arg(window_ms),
                 };
+                pipe.add_command(cmd);
             }
             let started = Instant::now();
             let r: Result<Vec<redis::Value>, RedisCallError> = self.redis.pipeline(&pipe).await;
@@ -280,9 +284,42 @@ fn classify(method: &Method, v: &redis::Value, coords: &str) -> Result<Check, Re
 }
 
 fn output_record(r: &Record) -> Record {
-    let mut out = r.clone();
-    out.origin = None;
-    out
+    Record {
+        key: r.key.clone(),
+        value: r.value.clone(),
+        headers: r.headers.clone(),
+        timestamp_ms: r.timestamp_ms,
+        origin: None,
+    }
+}
+
+/// `prefix:key`, the Redis key of one idempotency key.
+fn redis_key(prefix: &str, key: &str) -> String {
+    let mut k = String::with_capacity(prefix.len() + 1 + key.len());
+    k.push_str(prefix);
+    k.push(':');
+    k.push_str(key);
+    k
+}
+
+/// A record's coordinates as stored in Redis: `topic/partition/offset`, exactly as
+/// [`connector_core::Origin`]'s `Display` spells them (integers written without the
+/// formatting machinery: this runs once per record).
+fn coordinates(r: &Record) -> String {
+    let Some(o) = r.origin.as_ref() else {
+        return String::new();
+    };
+    let mut p = itoa::Buffer::new();
+    let partition = p.format(o.partition);
+    let mut f = itoa::Buffer::new();
+    let offset = f.format(o.offset);
+    let mut s = String::with_capacity(o.topic.len() + partition.len() + offset.len() + 2);
+    s.push_str(&o.topic);
+    s.push('/');
+    s.push_str(partition);
+    s.push('/');
+    s.push_str(offset);
+    s
 }
 
 #[async_trait]
@@ -295,7 +332,7 @@ impl Transform for RedisDedup {
         let mut keys = Vec::with_capacity(batch.len());
         let mut idx = Vec::with_capacity(batch.len());
         for (i, r) in batch.iter().enumerate() {
-            let key = match find_key(&r.value, &self.key_path) {
+            let key = match find_key_in(&r.value, &self.key_path) {
                 Ok(k) => k,
                 Err(KeyError::InvalidJson(e)) => {
                     outcomes[i] = Some(TransformOutcome::Permanent(ConnectorError::permanent(
@@ -315,12 +352,7 @@ impl Transform for RedisDedup {
                     continue;
                 }
             };
-            let coords = r
-                .origin
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            keys.push((format!("{}:{key}", self.prefix), coords));
+            keys.push((redis_key(&self.prefix, &key), coordinates(r)));
             idx.push(i);
         }
         self.seen += idx.len() as u64;
@@ -506,6 +538,37 @@ mod tests {
         assert!(matches!(c(&script, V::Int(2)), Ok(Check::Redelivered)));
         assert!(matches!(c(&script, V::Int(0)), Ok(Check::Duplicate)));
         assert!(c(&script, V::Nil).is_err());
+    }
+
+    #[test]
+    fn coordinates_and_keys_are_spelled_as_before() {
+        // The coordinates stored in Redis by earlier versions must still compare equal on a
+        // redelivery: the same spelling as `Origin`'s Display.
+        for (p, o) in [(0, 0), (5, 1234567), (-1, -1), (i32::MAX, i64::MAX)] {
+            let origin = connector_core::Origin {
+                topic: "events.raw".into(),
+                partition: p,
+                offset: o,
+            };
+            let r = Record {
+                origin: Some(origin.clone()),
+                ..Record::new("{}")
+            };
+            assert_eq!(coordinates(&r), origin.to_string());
+        }
+        assert_eq!(coordinates(&Record::new("{}")), "");
+        assert_eq!(redis_key("dedup:d", "k-1"), "dedup:d:k-1");
+        let r = Record {
+            origin: Some(connector_core::Origin {
+                topic: "t".into(),
+                partition: 1,
+                offset: 2,
+            }),
+            ..Record::new("v").with_key("k")
+        };
+        let out = output_record(&r);
+        assert!(out.origin.is_none());
+        assert_eq!((out.key, out.value), (r.key.clone(), r.value.clone()));
     }
 
     #[test]
