@@ -310,7 +310,8 @@ impl Mapping {
                 ));
             }
             if let Some(s) = &v {
-                if s.contains('\0') {
+                // A byte search (memchr), cheaper than the `char` pattern search per value.
+                if s.as_bytes().contains(&0) {
                     return Err(ConnectorError::permanent(
                         "invalid_text",
                         format!("column {name}: NUL character"),
