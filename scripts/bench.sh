@@ -19,7 +19,9 @@ PROFILE_SECONDS="${PROFILE_SECONDS:-30}"
 HTTP_COUNT="${HTTP_COUNT:-300000}"
 OUT_DIR="${BENCH_DIR:-bench-results}"
 
-eval "$(bash scripts/dev-services.sh up)"
+# A failure inside `$(…)` would not stop `eval`: taken apart so that it stops here.
+services="$(bash scripts/dev-services.sh up)" || { echo "bench.sh: the local services did not start (see the lines above)" >&2; exit 1; }
+eval "$services"
 export DATABASE_URL REDIS_URL KAFKA_BROKERS
 # The demo's connectd (left running by scripts/demo.sh) polls the broker for its eight
 # connectors even when idle: its CPU and the broker's work for it would be counted here.

@@ -22,7 +22,9 @@ die() {
 }
 trap 'die "command failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
-eval "$(bash scripts/dev-services.sh up)"
+# A failure inside `$(…)` would not stop `eval`: taken apart so that it stops here.
+services="$(bash scripts/dev-services.sh up)" || { echo "demo.sh: the local services did not start (see the lines above)" >&2; exit 1; }
+eval "$services"
 export DATABASE_URL REDIS_URL KAFKA_BROKERS CONNECTD_PYTHON
 export CONNECTD_ADMIN="${CONNECTD_ADMIN:-127.0.0.1:9000}" CONNECTD_HTTP="${CONNECTD_HTTP:-127.0.0.1:8080}"
 export CONNECTD_DEMO_KEY="${CONNECTD_DEMO_KEY:-demo-key-0123456789abcdef}"

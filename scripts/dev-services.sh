@@ -159,8 +159,16 @@ fsync = on
 synchronous_commit = on
 EOF
   fi
+  # Running, but not on $PG_PORT (started with another CONNECTD_PG_PORT): it is this
+  # directory's own server, so restart it on the port asked for.
+  if pg_run "$bin/pg_ctl" -D "$real" status >/dev/null 2>&1; then
+    log "postgres of $real runs on another port: restarting it on $PG_PORT"
+    pg_run "$bin/pg_ctl" -D "$real" -m fast -w stop >/dev/null
+  fi
   log "starting postgres on 127.0.0.1:$PG_PORT"
-  pg_run "$bin/pg_ctl" -D "$real" -l "$real/postgres.log" -w -t 60 start >/dev/null \
+  # The port on the command line: postgresql.conf holds the one of the first start, and a
+  # later CONNECTD_PG_PORT must win over it.
+  pg_run "$bin/pg_ctl" -D "$real" -l "$real/postgres.log" -o "-p $PG_PORT" -w -t 60 start >/dev/null \
     || { tail -n 30 "$real/postgres.log" >&2 || true; die "postgres did not start (log: $real/postgres.log)"; }
   wait_port "$PG_PORT" postgres 30 || die "postgres does not answer on $PG_PORT"
   # The database is created by initdb's superuser name? No: create it explicitly, idempotently.

@@ -12,7 +12,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # CI builds once from clean: incremental files would only take disk.
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
-eval "$(bash scripts/dev-services.sh up)"
+# A failure inside `$(…)` would not stop `eval`: taken apart so that it stops here.
+services="$(bash scripts/dev-services.sh up)" || { echo "test.sh: the local services did not start (see the lines above)" >&2; exit 1; }
+eval "$services"
 export DATABASE_URL REDIS_URL KAFKA_BROKERS CONNECTD_DEV_DIR TANSU_BIN CONNECTD_PYTHON
 
 stop_demo() {
