@@ -98,9 +98,10 @@ pub fn producer_config(k: &KafkaSettings) -> ClientConfig {
     // forward of ~300-byte JSON envelopes between topics both compressed (BENCHMARKS.md,
     // "Producer compression"): broker CPU per record less than half and loopback bytes a fifth
     // of no compression's, connectd's own CPU per record lower too (fewer bytes through
-    // librdkafka and the kernel), steady rate +50-60%. zstd shrinks the bytes further at the same connectd CPU in
-    // that backlog benchmark, but under the live end-to-end load (small batches) librdkafka's
-    // threads spent 1.5-2x as much CPU per event with it as with lz4 (paired runs, 2026-12-07).
+    // librdkafka and the kernel), steady rate +50-60%. zstd shrinks the bytes further at the
+    // same connectd CPU in that backlog benchmark, but under the live end-to-end load (small
+    // batches) librdkafka's threads spent 1.5-2x as much CPU per event with it as with lz4
+    // (paired runs, 2026-12-07).
     if !["compression.type", "compression.codec"]
         .iter()
         .any(|p| k.properties.contains_key(*p))
